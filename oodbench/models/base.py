@@ -1,0 +1,43 @@
+"""The architecture interface: models take [0, 1] pixels and normalise inside (SPEC section 1)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; identity when built with `normalization=None` (SVHN)."""
+
+    def __init__(self, normalization: tuple[Sequence[float], Sequence[float]] | None):
+        super().__init__()
+        mean, std = normalization if normalization is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class OODNet(nn.Module):
+    """Base class of every architecture.
+
+    `forward(x)` maps pixels in [0, 1] to `num_outputs` logits (K classes plus the method's extra
+    outputs). `forward_features(x)` also returns the intermediate feature maps that Mahalanobis
+    scores (SPEC section 4: DenseNet conv1, trans1, trans2, final BN-ReLU; WRN conv1, block1-3).
+    """
+
+    num_outputs: int
+
+    def __init__(self, num_outputs: int, normalization=None):
+        super().__init__()
+        self.num_outputs = num_outputs
+        self.normalize = Normalize(normalization)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        raise NotImplementedError
