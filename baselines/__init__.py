@@ -1,0 +1,3 @@
+"""The detectors of the paper, one module each (SPEC section 4)."""
+
+from baselines import mahalanobis, msp, odin  # noqa: F401  (registration)

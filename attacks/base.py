@@ -1,0 +1,69 @@
+"""The threat-model interface: a threat model turns a set of OOD images into the detector's deployed scores
+under attack (SPEC section 6). It sees the detector only through `attack_objective` (white-box),
+`search_score` (black-box) and `score` (the deployed score of the final input)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from attacks.pgd import PGDConfig, random_start_noise
+
+if TYPE_CHECKING:
+    from oodbench.detector import Detector
+
+
+@dataclass
+class AttackContext:
+    """Everything a threat model needs besides the detector and the images."""
+
+    device: torch.device = torch.device("cpu")
+    batch_size: int = 256
+    seed: int = 0
+    pgd: PGDConfig = PGDConfig()
+    corruption_suite: str = "cifar-c-15"
+    cache_dir: Path | None = None
+    adaptive: bool = False  # `strong` protocol: adaptive attacks on the deployed score
+    progress: bool = True
+    label: str = ""  # names the cell in progress bars
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ThreatModel:
+    """Base class; register subclasses with `@register_threat(name)`."""
+
+    name: ClassVar[str] = ""
+    white_box: ClassVar[bool] = False
+
+    def config(self, ctx: AttackContext) -> dict[str, Any]:
+        """The settings that change this threat model's numbers (part of the cell key)."""
+        return {}
+
+    def scores(self, detector: Detector, model: nn.Module, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
+        """Deployed scores float32 [N] of `images` (uint8 [N, 3, H, W], on ctx.device) under this threat."""
+        raise NotImplementedError
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed derived from any parts (stable across processes and Python versions)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def start_noise_for_set(n: int, shape: tuple[int, ...], config: PGDConfig, seed: int, device) -> list[torch.Tensor]:
+    """One int8 random start per restart for a whole set of `n` images, independent of the batch size."""
+    noises = []
+    for restart in range(max(1, config.restarts)):
+        generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, "pgd-start", restart))
+        noises.append(random_start_noise((n, *shape), config.eps, generator).to(device))
+    return noises
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1] (on the images' device)."""
+    return images.float().div_(255.0)

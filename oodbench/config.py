@@ -1,0 +1,115 @@
+"""Protocols and profiles: named presets over the switches and sizes of a run (SPEC preamble, DESIGN).
+
+- A **protocol** says *what* is computed: `paper` (the paper as written), `atom-code` (parity with the
+  released code, for cell-by-cell comparison with the published numbers) and `strong` (the paper's
+  protocol with adaptive attacks). Each switch stays settable on its own.
+- A **profile** says *at what scale*: `paper` (full data, 100 epochs, DenseNet-BC-100) or `smoke` (a tiny
+  CNN, a few epochs, a few hundred OOD images: minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from attacks.pgd import PGDConfig
+from oodbench.errors import UnknownNameError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The switches where the paper, the released code and a stronger evaluation differ."""
+
+    name: str
+    aux_sampling: str = "uniform"  # "uniform" (paper) | "contiguous" (atom-code: a block from a random offset)
+    corruption_suite: str = "cifar-c-15"  # 75 variants (paper) | "cifar-c-19": 95 (atom-code)
+    odin_magnitude: str = "tuned"  # "tuned" on the grid | "published" (the paper's values)
+    ccu_score: str = "dr"  # "dr": doubly robust confidence | "base_msp": the code's base-network MSP
+    densenet_init: str = "standard"  # "standard" | "atom-code" (every conv std sqrt(2/16))
+    adaptive: bool = False  # strong: APGD + restarts + deployed-score objectives, worst case per sample
+    tune_split: str = "test"  # "test": the paper's 1,000 in-dist test images | "heldout": training images
+
+    def replace(self, **changes) -> Protocol:
+        return dataclasses.replace(self, **changes)
+
+
+PROTOCOLS = {
+    "paper": Protocol("paper"),
+    "atom-code": Protocol(
+        "atom-code",
+        aux_sampling="contiguous",
+        corruption_suite="cifar-c-19",
+        odin_magnitude="published",
+        ccu_score="base_msp",
+        densenet_init="atom-code",
+    ),
+    "strong": Protocol("strong", adaptive=True),
+}
+
+#: protocol switches that change training (part of the checkpoint key); the rest only change evaluation
+TRAINING_SWITCHES = ("aux_sampling", "densenet_init")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Scale of a run. `schedules` maps an in-dist schedule kind to (epochs, lr milestones)."""
+
+    name: str
+    default_arch: str
+    schedules: dict = field(default_factory=dict)
+    checkpoint_every: dict = field(default_factory=dict)
+    max_train: int | None = None  # in-dist training images (None: all)
+    max_id_test: int | None = None
+    max_ood: int | None = None  # images per OOD test set
+    mining_candidates_cap: int | None = None  # caps N (None: N = 4n as in the paper)
+    gmm_components: int = 100  # CCU's mixtures
+    eval_batch: int = 500
+    pgd: PGDConfig = PGDConfig()
+    train_pgd: PGDConfig = PGDConfig(steps=5, step_size=2 / 255)
+
+    def schedule(self, kind: str) -> tuple[int, tuple[int, ...]]:
+        """(epochs, milestones) for an in-dist schedule kind ("cifar" or "svhn")."""
+        return self.schedules[kind]
+
+
+PROFILES = {
+    "paper": Profile(
+        "paper",
+        default_arch="densenet100",
+        schedules={"cifar": (100, (50, 75, 90)), "svhn": (20, (10, 15, 18))},
+        checkpoint_every={"cifar": 10, "svhn": 2},
+    ),
+    "smoke": Profile(
+        "smoke",
+        default_arch="small_cnn",
+        schedules={"cifar": (6, (3, 4, 5)), "svhn": (6, (3, 4, 5))},
+        checkpoint_every={"cifar": 2, "svhn": 2},
+        max_train=None,
+        max_id_test=None,
+        max_ood=300,
+        gmm_components=20,
+        eval_batch=256,
+    ),
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The named protocol preset, or a did-you-mean error."""
+    if name not in PROTOCOLS:
+        raise UnknownNameError(_unknown("protocol", name, PROTOCOLS))
+    return PROTOCOLS[name]
+
+
+def get_profile(name: str) -> Profile:
+    """The named profile preset, or a did-you-mean error."""
+    if name not in PROFILES:
+        raise UnknownNameError(_unknown("profile", name, PROFILES))
+    return PROFILES[name]
+
+
+def _unknown(kind: str, name: str, known: dict) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"unknown {kind} '{name}'{hint} (known: {', '.join(known)})"

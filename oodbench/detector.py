@@ -1,0 +1,237 @@
+"""The detector interface (DESIGN "Core interfaces"; SPEC section 4).
+
+A detector is a scoring rule on top of a trained network, plus (for training-based methods) the recipe
+that trains that network. Scores follow one convention: **higher = more in-distribution**.
+
+- `score(model, x)`: the deployed score, float32 [B]; may be non-differentiable (ROWL's decision,
+  ODIN's and Mahalanobis' gradient-based input preprocessing).
+- `search_score(model, x)`: the continuous score the black-box corruption search maximises
+  (defaults to `score`).
+- `attack_objective(model, x)`: differentiable [B], maximised by the white-box attacks (the paper's
+  eqs. 68-71). Attacks see only this, never the method's name.
+- `adaptive_objective(model, x)`: the deployed score made differentiable end to end, used by the
+  `strong` protocol (defaults to `attack_objective`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from oodbench.data.base import AuxPool, ImageSet, InDistribution
+
+Loss = Callable[[nn.Module, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+@dataclass
+class Stage:
+    """One training stage: a fresh SGD optimiser running `epochs` epochs (SPEC section 3).
+
+    `outliers`: "none" (in-dist only), "uniform" (a fresh random draw of auxiliary images each epoch), or
+    "mined" (informative outlier mining, SPEC section 5). `loss(model, x_in, y_in, x_out)` returns the
+    scalar training loss of one batch (x_out is None without outliers).
+    """
+
+    name: str
+    epochs: int
+    milestones: tuple[int, ...]
+    in_batch: int
+    loss: Loss
+    out_batch: int = 0
+    outliers: str = "none"
+    lr: float = 0.1
+
+
+@dataclass
+class FitData:
+    """What post-hoc fitting may look at (SPEC section 4, 'Tuning data')."""
+
+    train: ImageSet  # in-dist training images, no augmentation
+    tune_in: ImageSet  # 1,000 in-dist images: test split (paper, atom-code) or held-out train (--tune-split heldout)
+    tune_aux: ImageSet | None  # 1,000 auxiliary images (ODIN's magnitude tuning)
+    device: torch.device
+    batch_size: int = 256
+    tune_split: str = "test"
+    arch: str = ""
+    in_dist: str = ""
+
+
+@dataclass
+class BuildContext:
+    """What a detector needs to know to build its model and training stages."""
+
+    in_dist: InDistribution
+    arch: str
+    protocol: Any  # oodbench.config.Protocol
+    profile: Any  # oodbench.config.Profile
+    aux: AuxPool | None = None
+    device: torch.device = torch.device("cpu")
+
+
+class Detector:
+    """Base class. Subclasses set the class attributes and override what differs (see module docstring)."""
+
+    name: ClassVar[str] = ""
+    #: which trained network it scores: "vanilla" for the post-hoc methods (MSP, ODIN, Mahalanobis share it)
+    recipe: ClassVar[str] = ""
+    #: head size = K + extra_outputs
+    extra_outputs: ClassVar[int] = 0
+    #: trains with auxiliary outliers (the run then needs an auxiliary pool)
+    uses_aux: ClassVar[bool] = False
+    #: a fixed acceptance threshold (ROWL's binary decision, SPEC section 1); None = 95 % TPR on in-dist
+    fixed_threshold: ClassVar[float | None] = None
+    #: hyper-parameters with the paper's defaults; `--set name.field=value` overrides them
+    Config: ClassVar[type] = dataclass(type("Config", (), {}))
+
+    def __init__(self, num_classes: int, config: Any = None):
+        self.num_classes = num_classes
+        self.config = config if config is not None else self.Config()
+
+    # ----- configuration ---------------------------------------------------------------------------
+    @classmethod
+    def make_config(cls, ctx: BuildContext | None = None, overrides: dict[str, Any] | None = None) -> Any:
+        """The method's Config with data-set-dependent defaults resolved and `overrides` applied."""
+        config = cls.Config()
+        if ctx is not None:
+            config = cls.resolve_defaults(config, ctx)
+        fields = {f.name: f for f in dataclasses.fields(config)}
+        for key, value in (overrides or {}).items():
+            if key not in fields:
+                from oodbench.errors import ConfigError
+
+                raise ConfigError(
+                    f"{cls.name} has no setting '{key}' (settings: {', '.join(fields) or 'none'})"
+                )
+            config = dataclasses.replace(config, **{key: _coerce(value, fields[key].type)})
+        return config
+
+    @classmethod
+    def resolve_defaults(cls, config: Any, ctx: BuildContext) -> Any:
+        """Fill data-set- or protocol-dependent defaults (e.g. ATOM's q per data set)."""
+        return config
+
+    @property
+    def head_size(self) -> int:
+        return self.num_classes + self.extra_outputs
+
+    # ----- training ----------------------------------------------------------------------------------
+    def build_model(self, ctx: BuildContext, base: nn.Module) -> nn.Module:
+        """The network trained and checkpointed for this method (CCU wraps `base` with its mixtures)."""
+        return base
+
+    def stages(self, ctx: BuildContext) -> list[Stage]:
+        """The training recipe. The default is vanilla cross-entropy (SPEC section 4: batch 64)."""
+        epochs, milestones = ctx.profile.schedule(ctx.in_dist.schedule)
+        return [Stage("vanilla", epochs, milestones, in_batch=64, loss=vanilla_loss)]
+
+    def training_set(self, ctx: BuildContext, train: ImageSet) -> ImageSet:
+        """The in-dist training set as the recipe sees it (ROWL adds its fixed outlier class)."""
+        return train
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+        """Optimiser parameter groups (CCU gives its mixture parameters their own learning rate)."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay}]
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimiser step (CCU clamps its out-distribution variance)."""
+
+    def mining_score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The OOD score used by informative outlier mining (higher = more OOD): softmax_{K+1}."""
+        return F.softmax(model(x), dim=1)[:, self.num_classes]
+
+    # ----- post-hoc fitting ----------------------------------------------------------------------
+    def fit(self, model: nn.Module, data: FitData) -> None:
+        """Fit post-hoc parameters (ODIN magnitude, Mahalanobis statistics). Default: nothing to fit."""
+
+    def fitted_state(self) -> dict[str, Any]:
+        """Fitted parameters as tensors / numbers (saved with `torch.save`, loaded with weights_only)."""
+        return {}
+
+    def load_fitted_state(self, state: dict[str, Any]) -> None:
+        """Restore what `fitted_state` returned."""
+
+    def fit_info(self) -> dict[str, Any]:
+        """Human-readable facts about the fit for run metadata (e.g. the chosen magnitude)."""
+        return {}
+
+    # ----- scoring -----------------------------------------------------------------------------------
+    def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The score of a detector whose score is a function of the logits."""
+        raise NotImplementedError(f"{self.name}: implement score_logits or score")
+
+    def predict_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class prediction: argmax over the first K outputs (paper eq. 3)."""
+        return logits[:, : self.num_classes].argmax(dim=1)
+
+    def score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Deployed score [B], higher = more in-distribution."""
+        with torch.no_grad():
+            return self.score_logits(model(x))
+
+    def score_and_predict(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Deployed score and class prediction of a batch (one forward pass where possible)."""
+        with torch.no_grad():
+            logits = model(x)
+            return self.score_logits(logits), self.predict_logits(logits)
+
+    def search_score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Continuous score for the black-box corruption search (default: the deployed score)."""
+        return self.score(model, x)
+
+    def attack_objective(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable objective [B] that white-box attacks maximise (paper eqs. 68-71)."""
+        raise NotImplementedError(f"{self.name}: implement attack_objective")
+
+    def adaptive_objective(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The deployed score made differentiable end to end (`strong` protocol); default: attack_objective."""
+        return self.attack_objective(model, x)
+
+    def margin_objective(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """A second, margin-style objective for the `strong` protocol (default: max in-dist logit minus
+        the largest other logit among the method's extra outputs, or minus the mean logit for K-way heads)."""
+        logits = model(x)
+        top_in = logits[:, : self.num_classes].max(dim=1).values
+        if self.extra_outputs:
+            return top_in - logits[:, self.num_classes :].max(dim=1).values
+        return top_in - logits.mean(dim=1)
+
+
+# ----- losses shared by several detectors --------------------------------------------------------------
+def vanilla_loss(model: nn.Module, x_in: torch.Tensor, y_in: torch.Tensor, x_out: torch.Tensor | None) -> torch.Tensor:
+    """Plain cross-entropy on in-distribution data."""
+    return F.cross_entropy(model(x_in), y_in)
+
+
+def oe_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Outlier Exposure loss per sample: cross-entropy to the uniform distribution,
+    mean_i -log softmax_i = logsumexp(z) - mean(z) (Hendrycks et al. 2019). This is also the paper's eq. 68."""
+    return torch.logsumexp(logits, dim=1) - logits.mean(dim=1)
+
+
+def msp(logits: torch.Tensor) -> torch.Tensor:
+    """Maximum softmax probability over the first K outputs' softmax (float32)."""
+    return F.softmax(logits.float(), dim=1).max(dim=1).values
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Convert a command-line string to the field's type (int, float, bool, str, tuple of numbers)."""
+    if not isinstance(value, str):
+        return value
+    text = str(annotation)
+    if "bool" in text:
+        return value.lower() in ("1", "true", "yes", "on")
+    if "tuple" in text:
+        return tuple(float(v) if "." in v else int(v) for v in value.split(",") if v)
+    if text.startswith("int") or text == "<class 'int'>":
+        return int(value)
+    if "float" in text:
+        return None if value.lower() == "none" else float(value)
+    if "int" in text:
+        return None if value.lower() == "none" else int(value)
+    return value
