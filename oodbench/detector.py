@@ -130,6 +130,10 @@ class Detector:
         epochs, milestones = ctx.profile.schedule(ctx.in_dist.schedule)
         return [Stage("vanilla", epochs, milestones, in_batch=64, loss=vanilla_loss)]
 
+    def initialise(self, model: nn.Module, ctx: BuildContext, train: ImageSet, aux: AuxPool | None,
+                   device: torch.device) -> None:
+        """Called once before the first epoch of a fresh training run (CCU fits its mixtures here)."""
+
     def training_set(self, ctx: BuildContext, train: ImageSet) -> ImageSet:
         """The in-dist training set as the recipe sees it (ROWL adds its fixed outlier class)."""
         return train

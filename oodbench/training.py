@@ -103,6 +103,9 @@ def train(job: TrainingJob) -> nn.Module:
     stages = job.detector.stages(job.ctx)
     model.to(device)
     resume = _load_resume(job, model)
+    if not resume:
+        torch.manual_seed(derive_seed(job.seed, "initialise"))
+        job.detector.initialise(model, job.ctx, job.train, job.aux, device)
     start_stage, start_epoch = resume.get("stage", 0), resume.get("epoch", 0)
     mining_log: list[dict] = resume.get("mining_log", [])
     history: list[dict] = resume.get("history", [])

@@ -1,0 +1,105 @@
+"""ROWL: robust open-world learning with a background class (Sehwag et al., 2019)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attacks.base import derive_seed
+from attacks.pgd import pgd_linf
+from oodbench.data.base import ImageSet
+from oodbench.detector import Detector, Stage
+from oodbench.registry import register_detector
+
+
+@dataclass
+class ROWLConfig:
+    """A fixed outlier class of `outliers` auxiliary images (None: 5,000 / 500 / 7,325 for CIFAR-10 / CIFAR-100 /
+    SVHN), mixed into the training set; batch 128; loss CE(nat) + lambda * CE(adv) (SPEC section 4)."""
+
+    outliers: int | None = None
+    batch: int = 128
+    lam: float = 1.0
+
+
+class RetargetingObjective:
+    """Targeted PGD objective whose target is redrawn uniformly among the K classes of K+1 other than the true
+    label at every call (every PGD step): maximise log softmax_target."""
+
+    def __init__(self, model, labels: torch.Tensor, num_outputs: int):
+        self.model, self.labels, self.num_outputs = model, labels, num_outputs
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        offset = torch.randint(1, self.num_outputs, self.labels.shape, device=self.labels.device)
+        targets = (self.labels + offset) % self.num_outputs  # uniform over the other classes
+        return -F.cross_entropy(self.model(x), targets, reduction="none")
+
+
+@register_detector("rowl", summary="background class + targeted adversarial training, binary decision (Sehwag et al. 2019)")
+class ROWL(Detector):
+    """Deployed score: 0 if argmax over K+1 is an in-dist class, else -1, with the fixed threshold -0.5 (SPEC
+    section 1); search score -softmax_{K+1}; attack (eq. 71) -log F_{K+1}; accuracy over all K+1 outputs."""
+
+    name = "rowl"
+    extra_outputs = 1
+    uses_aux = True
+    fixed_threshold = -0.5
+    Config = ROWLConfig
+
+    @classmethod
+    def resolve_defaults(cls, config, ctx):
+        if config.outliers is None:
+            config.outliers = ctx.in_dist.rowl_outliers
+        return config
+
+    def __init__(self, num_classes, config=None):
+        super().__init__(num_classes, config)
+        self.train_pgd = None
+
+    def training_set(self, ctx, train):
+        """The in-dist training set plus a fixed outlier class (label K) drawn once from the pool."""
+        count = self.config.outliers or max(1, len(train) // 10)
+        rng = np.random.default_rng(derive_seed("rowl-outliers", train.fingerprint()) % (2**32))
+        positions = np.sort(rng.choice(len(ctx.aux), size=min(count, len(ctx.aux)), replace=False))
+        outliers = ctx.aux.get(positions)
+        if outliers.shape[-1] != train.images.shape[-1]:  # ImageNet-RC: the central crop
+            offset = (outliers.shape[-1] - train.images.shape[-1]) // 2
+            size = train.images.shape[-1]
+            outliers = outliers[:, :, offset : offset + size, offset : offset + size]
+        labels = torch.full((len(outliers),), self.num_classes, dtype=torch.long)
+        return ImageSet(torch.cat([train.images, outliers.contiguous()]), torch.cat([train.labels, labels]),
+                        name=f"{train.name}+rowl", source=train.source)
+
+    def stages(self, ctx):
+        self.train_pgd = ctx.profile.train_pgd
+        epochs, milestones = ctx.profile.schedule(ctx.in_dist.schedule)
+        return [Stage("rowl", epochs, milestones, self.config.batch, self.loss)]
+
+    def loss(self, model, x, y, x_out):
+        objective = RetargetingObjective(model, y, self.head_size)
+        x_adv, _ = pgd_linf(objective, x, self.train_pgd, model=model, check=False)
+        logits = model(torch.cat([x, x_adv]))
+        n = len(x)
+        return F.cross_entropy(logits[:n], y) + self.config.lam * F.cross_entropy(logits[n:], y)
+
+    def score_logits(self, logits):
+        return -(logits.argmax(dim=1) == self.num_classes).float()
+
+    def predict_logits(self, logits):
+        return logits.argmax(dim=1)  # a rejected in-dist image counts as misclassified
+
+    def search_score(self, model, x):
+        with torch.no_grad():
+            return -F.softmax(model(x).float(), dim=1)[:, self.num_classes]
+
+    def attack_objective(self, model, x):
+        logits = model(x)
+        return torch.logsumexp(logits, dim=1) - logits[:, self.num_classes]
+
+    def adaptive_objective(self, model, x):
+        """Margin of the decision: max in-dist logit minus the background logit (> 0 means accepted)."""
+        logits = model(x)
+        return logits[:, : self.num_classes].max(dim=1).values - logits[:, self.num_classes]
