@@ -1,6 +1,6 @@
 """Threat models (SPEC section 6): natural, L-inf PGD, corruption, compositional."""
 
-from attacks import linf, natural  # noqa: F401  (registration)
+from attacks import corruption, linf, natural  # noqa: F401  (registration)
 from attacks.base import AttackContext, ThreatModel
 from attacks.pgd import PGDConfig, pgd_linf
 

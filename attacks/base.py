@@ -27,10 +27,15 @@ class AttackContext:
     seed: int = 0
     pgd: PGDConfig = PGDConfig()
     corruption_suite: str = "cifar-c-15"
+    corruption_seed: int = 0  # variants depend on (image, type, severity, this seed): shared by every detector
     cache_dir: Path | None = None
+    workers: int | None = None  # processes generating corruption variants (None: all cores)
     adaptive: bool = False  # `strong` protocol: adaptive attacks on the deployed score
     progress: bool = True
     label: str = ""  # names the cell in progress bars
+    #: per-detector memo shared by the cells of one detector (the corruption search of `comp` reuses the one of
+    #: `corruption` on the same OOD set): key -> tensor
+    memo: dict = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -14,8 +14,8 @@ The same function runs inside training (ACET, ROWL, ATOM: 5 steps of 2/255) and 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import torch
 from torch import nn

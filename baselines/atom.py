@@ -50,7 +50,9 @@ class KPlusOne(Detector):
         return logits[:, : self.num_classes].max(dim=1).values - logits[:, self.num_classes]
 
 
-@register_detector("ntom", summary="natural training with informative outlier mining (ATOM without adversarial training)")
+@register_detector(
+    "ntom", summary="natural training with informative outlier mining (ATOM without adversarial training)"
+)
 class NTOM(KPlusOne):
     """Loss (paper eq. 4): CE(in, y) + lambda * CE(out, K+1) on mined outliers."""
 
@@ -74,8 +76,17 @@ class NTOM(KPlusOne):
         self.train_pgd = ctx.profile.train_pgd
         epochs, milestones = ctx.profile.schedule(ctx.in_dist.schedule)
         c = self.config
-        return [Stage(self.name, epochs, milestones, c.in_batch, self.loss, out_batch=c.out_batch,
-                      outliers=self.outlier_stream)]
+        return [
+            Stage(
+                self.name,
+                epochs,
+                milestones,
+                c.in_batch,
+                self.loss,
+                out_batch=c.out_batch,
+                outliers=self.outlier_stream,
+            )
+        ]
 
     def adversarial_outliers(self, model, x_out: torch.Tensor) -> torch.Tensor:
         return x_out
@@ -97,8 +108,13 @@ class ATOM(NTOM):
 
     def adversarial_outliers(self, model, x_out):
         split = len(x_out) - int(len(x_out) * self.config.adv_fraction)
-        x_adv, _ = pgd_linf(lambda z: ood_class_objective(model, z, self.num_classes), x_out[split:],
-                            self.train_pgd, model=model, check=False)
+        x_adv, _ = pgd_linf(
+            lambda z: ood_class_objective(model, z, self.num_classes),
+            x_out[split:],
+            self.train_pgd,
+            model=model,
+            check=False,
+        )
         return torch.cat([x_out[:split], x_adv])
 
 

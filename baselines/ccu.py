@@ -85,7 +85,9 @@ class SphericalGMM(nn.Module):
         """log p(z) = logsumexp_k [-log K - d/2 log(2 pi var_k) - |z - m_k|^2 / (2 var_k)]  ([B])."""
         d = z.shape[1]
         sq = (z * z).sum(1, keepdim=True) - 2 * z @ self.means.T + (self.means * self.means).sum(1)[None]
-        log_comp = -0.5 * d * (math.log(2 * math.pi) + self.log_var)[None] - 0.5 * sq.clamp_min(0) / self.log_var.exp()[None]
+        log_comp = (
+            -0.5 * d * (math.log(2 * math.pi) + self.log_var)[None] - 0.5 * sq.clamp_min(0) / self.log_var.exp()[None]
+        )
         return torch.logsumexp(log_comp, dim=1) - math.log(self.means.shape[0])
 
 
@@ -107,7 +109,9 @@ class CCUNet(nn.Module):
 
     def log_dr(self, logits: torch.Tensor, log_p_in: torch.Tensor, log_p_out: torch.Tensor) -> torch.Tensor:
         k = logits.shape[1]
-        numerator = torch.logaddexp(F.log_softmax(logits, dim=1) + log_p_in[:, None], (log_p_out - math.log(k))[:, None])
+        numerator = torch.logaddexp(
+            F.log_softmax(logits, dim=1) + log_p_in[:, None], (log_p_out - math.log(k))[:, None]
+        )
         return numerator - torch.logaddexp(log_p_in, log_p_out)[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,7 +135,9 @@ class CCUConfig:
     base_msp: bool | None = None  # None: from the protocol (atom-code scores the base network's MSP)
 
 
-@register_detector("ccu", summary="classifier + in/out Gaussian mixtures, doubly robust confidence (Meinke & Hein 2020)")
+@register_detector(
+    "ccu", summary="classifier + in/out Gaussian mixtures, doubly robust confidence (Meinke & Hein 2020)"
+)
 class CCU(Detector):
     """Loss (SPEC): 1/2 [NLL_DR(in) - mean log(p_in/2 + p_out/2)(x_in)]
     + 1/2 [-mean_{x,y} log DR(y | x_out) - mean log(p_in/2 + p_out/2)(x_out)]; after every step the
@@ -167,8 +173,9 @@ class CCU(Detector):
         x_in = in_images.to(device).float().div(255).flatten(1)
         rng = np.random.default_rng(seed % (2**32))
         count = min(self.config.out_fit_images, len(aux))
-        out_images = random_crop_flip(aux.get(np.sort(rng.choice(len(aux), count, replace=False))), size=32,
-                                      padding=4, generator=generator)
+        out_images = random_crop_flip(
+            aux.get(np.sort(rng.choice(len(aux), count, replace=False))), size=32, padding=4, generator=generator
+        )
         x_out = out_images.to(device).float().div(255).flatten(1)
         model.whiten.fit(x_in)
         with torch.no_grad():
@@ -185,8 +192,10 @@ class CCU(Detector):
         mixture = list(model.gmm_in.parameters()) + list(model.gmm_out.parameters())
         ids = {id(p) for p in mixture}
         base = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
-        return [{"params": base, "lr": lr, "weight_decay": weight_decay},
-                {"params": mixture, "lr": self.config.mixture_lr, "weight_decay": 0.0}]
+        return [
+            {"params": base, "lr": lr, "weight_decay": weight_decay},
+            {"params": mixture, "lr": self.config.mixture_lr, "weight_decay": 0.0},
+        ]
 
     def after_step(self, model):
         with torch.no_grad():

@@ -20,7 +20,9 @@ class OEConfig:
     out_batch: int = 128
 
 
-@register_detector("oe", summary="Outlier Exposure: cross-entropy to uniform on auxiliary outliers (Hendrycks et al. 2019)")
+@register_detector(
+    "oe", summary="Outlier Exposure: cross-entropy to uniform on auxiliary outliers (Hendrycks et al. 2019)"
+)
 class OE(Detector):
     """Loss: CE(in) + lambda * mean OE(out), OE(x) = logsumexp(z) - mean(z). Score: MSP. Attack: eq. 68."""
 

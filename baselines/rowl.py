@@ -38,7 +38,9 @@ class RetargetingObjective:
         return -F.cross_entropy(self.model(x), targets, reduction="none")
 
 
-@register_detector("rowl", summary="background class + targeted adversarial training, binary decision (Sehwag et al. 2019)")
+@register_detector(
+    "rowl", summary="background class + targeted adversarial training, binary decision (Sehwag et al. 2019)"
+)
 class ROWL(Detector):
     """Deployed score: 0 if argmax over K+1 is an in-dist class, else -1, with the fixed threshold -0.5 (SPEC
     section 1); search score -softmax_{K+1}; attack (eq. 71) -log F_{K+1}; accuracy over all K+1 outputs."""
@@ -70,8 +72,12 @@ class ROWL(Detector):
             size = train.images.shape[-1]
             outliers = outliers[:, :, offset : offset + size, offset : offset + size]
         labels = torch.full((len(outliers),), self.num_classes, dtype=torch.long)
-        return ImageSet(torch.cat([train.images, outliers.contiguous()]), torch.cat([train.labels, labels]),
-                        name=f"{train.name}+rowl", source=train.source)
+        return ImageSet(
+            torch.cat([train.images, outliers.contiguous()]),
+            torch.cat([train.labels, labels]),
+            name=f"{train.name}+rowl",
+            source=train.source,
+        )
 
     def stages(self, ctx):
         self.train_pgd = ctx.profile.train_pgd

@@ -21,7 +21,9 @@ class SOFLConfig:
     out_batch: int = 320
 
 
-@register_detector("sofl", summary="reject classes learnt from auxiliary outliers in a second stage (Mohseni et al. 2020)")
+@register_detector(
+    "sofl", summary="reject classes learnt from auxiliary outliers in a second stage (Mohseni et al. 2020)"
+)
 class SOFL(Detector):
     """Stage 1: CE over all K+R outputs on in-dist. Stage 2 (fresh optimiser, lr back to 0.1): CE(in) +
     lambda * CE(out, pseudo-label), the pseudo-label being the outlier's argmax when that is a reject class,

@@ -45,7 +45,9 @@ def load_checkpoint(path: Path | str, map_location="cpu") -> dict[str, Any]:
 
 def check_meta(path: Path | str, meta: dict[str, Any], expected: dict[str, Any]) -> None:
     """CheckpointError listing every field of `expected` that the checkpoint's metadata contradicts."""
-    wrong = [f"{k}: checkpoint has {meta.get(k)!r}, this run needs {v!r}" for k, v in expected.items() if meta.get(k) != v]
+    wrong = [
+        f"{k}: checkpoint has {meta.get(k)!r}, this run needs {v!r}" for k, v in expected.items() if meta.get(k) != v
+    ]
     if wrong:
         raise CheckpointError(f"checkpoint '{path}' does not fit this run:\n  " + "\n  ".join(wrong))
 

@@ -71,6 +71,16 @@ class Profile:
         """(epochs, milestones) for an in-dist schedule kind ("cifar" or "svhn")."""
         return self.schedules[kind]
 
+    def with_epochs(self, epochs: int) -> Profile:
+        """The same profile with every schedule shortened or stretched to `epochs`, milestones at the paper's
+        fractions (50 %, 75 %, 90 %)."""
+        if epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        milestones = tuple(
+            sorted({m for m in (round(epochs * 0.5), round(epochs * 0.75), round(epochs * 0.9)) if 0 < m < epochs})
+        )
+        return dataclasses.replace(self, schedules={k: (epochs, milestones) for k in self.schedules})
+
 
 PROFILES = {
     "paper": Profile(

@@ -16,8 +16,9 @@ that trains that network. Scores follow one convention: **higher = more in-distr
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -105,9 +106,7 @@ class Detector:
             if key not in fields:
                 from oodbench.errors import ConfigError
 
-                raise ConfigError(
-                    f"{cls.name} has no setting '{key}' (settings: {', '.join(fields) or 'none'})"
-                )
+                raise ConfigError(f"{cls.name} has no setting '{key}' (settings: {', '.join(fields) or 'none'})")
             config = dataclasses.replace(config, **{key: _coerce(value, fields[key].type)})
         return config
 
@@ -130,8 +129,9 @@ class Detector:
         epochs, milestones = ctx.profile.schedule(ctx.in_dist.schedule)
         return [Stage("vanilla", epochs, milestones, in_batch=64, loss=vanilla_loss)]
 
-    def initialise(self, model: nn.Module, ctx: BuildContext, train: ImageSet, aux: AuxPool | None,
-                   device: torch.device) -> None:
+    def initialise(
+        self, model: nn.Module, ctx: BuildContext, train: ImageSet, aux: AuxPool | None, device: torch.device
+    ) -> None:
         """Called once before the first epoch of a fresh training run (CCU fits its mixtures here)."""
 
     def training_set(self, ctx: BuildContext, train: ImageSet) -> ImageSet:

@@ -54,7 +54,9 @@ def mine_outliers(ood_scores: torch.Tensor, q: float, n: int) -> torch.Tensor:
     return order[start : start + n]
 
 
-def mining_record(ood_scores: torch.Tensor, selected: torch.Tensor, with_replacement: bool, bins: int = 50) -> MiningResult:
+def mining_record(
+    ood_scores: torch.Tensor, selected: torch.Tensor, with_replacement: bool, bins: int = 50
+) -> MiningResult:
     """The epoch's log entry: histogram of candidate OOD scores in [0, 1] and the selected score range
     (the paper's Figure 5)."""
     scores = ood_scores.float().cpu().numpy()
@@ -83,7 +85,7 @@ def plot_mining_log(log: list[dict], path) -> None:
     cols = min(5, len(shown))
     rows = (len(shown) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-    for ax in axes.ravel()[len(shown):]:
+    for ax in axes.ravel()[len(shown) :]:
         ax.axis("off")
     for ax, entry in zip(axes.ravel(), shown):
         edges = np.asarray(entry["bin_edges"])

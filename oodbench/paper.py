@@ -28,8 +28,21 @@ import pandas as pd
 from oodbench.errors import ConfigError
 
 ENV_VAR = "OODBENCH_PAPER_DIR"
-COLUMNS = ["table", "in_dist", "method", "variant", "ood_set", "threat", "metric", "value",
-           "arch", "aux", "q", "lam", "attack"]
+COLUMNS = [
+    "table",
+    "in_dist",
+    "method",
+    "variant",
+    "ood_set",
+    "threat",
+    "metric",
+    "value",
+    "arch",
+    "aux",
+    "q",
+    "lam",
+    "attack",
+]
 TEXT_COLUMNS = ["in_dist", "method", "variant", "ood_set", "threat", "metric", "arch", "aux", "attack"]
 NUMERIC_SETTINGS = ("q", "lam")
 SETTINGS = ("variant", "arch", "aux", "q", "lam", "attack")
@@ -90,8 +103,9 @@ def _matches(column: pd.Series, wanted: object) -> pd.Series:
     return column == ("" if wanted is None else str(wanted))
 
 
-def paper_value(table: int, in_dist: str, method: str, threat: str, metric: str, ood_set: str = "average",
-                **setting: object) -> float:
+def paper_value(
+    table: int, in_dist: str, method: str, threat: str, metric: str, ood_set: str = "average", **setting: object
+) -> float:
     """One published number (percent) from the paper.
 
     `ood_set` is "average" (the mean over the six OOD test sets) or, in Tables 12-14, one set's name. Left at
@@ -113,8 +127,9 @@ def paper_value(table: int, in_dist: str, method: str, threat: str, metric: str,
         hit = df[_matches(df[key], wanted)]
         if hit.empty:
             known = sorted({str(v) for v in df[key].tolist()})
-            raise ConfigError(f"Table {table} has no cell with {key}={wanted!r} (given {query}); "
-                              f"{key} there is one of {known}")
+            raise ConfigError(
+                f"Table {table} has no cell with {key}={wanted!r} (given {query}); {key} there is one of {known}"
+            )
         df = hit
     if len(df) > 1:
         differ = {c: sorted({str(v) for v in df[c].tolist()}) for c in SETTINGS if df[c].astype(str).nunique() > 1}

@@ -1,16 +1,17 @@
 """One decorator registry for detectors, threat models, data sets and architectures (timm-style).
 
-    @register_detector("msp")
-    class MSP(Detector): ...
+@register_detector("msp")
+class MSP(Detector): ...
 
-    DETECTORS.get("mps")  # UnknownNameError: unknown detector 'mps'; did you mean 'msp'?
+DETECTORS.get("mps")  # UnknownNameError: unknown detector 'mps'; did you mean 'msp'?
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from oodbench.errors import UnknownNameError
 

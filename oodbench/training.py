@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,8 +120,14 @@ def train(job: TrainingJob) -> nn.Module:
         first_epoch = start_epoch if stage_index == start_stage else 0
         if stage_index == start_stage and "optimizer" in resume:
             optimizer.load_state_dict(resume["optimizer"])
-        epochs = progress(range(first_epoch, stage.epochs), desc=f"train {job.meta['method']} [{stage.name}]",
-                          enabled=job.progress, unit="epoch", initial=first_epoch, total=stage.epochs)
+        epochs = progress(
+            range(first_epoch, stage.epochs),
+            desc=f"train {job.meta['method']} [{stage.name}]",
+            enabled=job.progress,
+            unit="epoch",
+            initial=first_epoch,
+            total=stage.epochs,
+        )
         started = time.time()
         for epoch in epochs:
             for group, base in zip(optimizer.param_groups, base_lrs):
@@ -182,9 +189,17 @@ def _save_resume(job, model, optimizer, stage_index, epoch, mining_log, history)
     )
 
 
-def epoch_outliers(job: TrainingJob, model: nn.Module, stage: Stage, stage_index: int, epoch: int,
-                   needed: int, rng: np.random.Generator, generator: torch.Generator,
-                   mining_log: list[dict]) -> torch.Tensor | None:
+def epoch_outliers(
+    job: TrainingJob,
+    model: nn.Module,
+    stage: Stage,
+    stage_index: int,
+    epoch: int,
+    needed: int,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    mining_log: list[dict],
+) -> torch.Tensor | None:
     """The epoch's outliers as augmented uint8 [n, 3, 32, 32] on the device (None without outliers)."""
     if stage.outliers == "none":
         return None
@@ -202,20 +217,30 @@ def epoch_outliers(job: TrainingJob, model: nn.Module, stage: Stage, stage_index
     scores = score_candidates(job.detector, model, candidates, job.ctx.profile.eval_batch)
     selected = mine_outliers(scores, config.q, n)
     record = mining_record(scores, selected, with_replacement)
-    mining_log.append({
-        "stage": stage.name, "epoch": epoch, "q": config.q, "n": n, "candidates": n_candidates,
-        "with_replacement": with_replacement, "histogram": record.histogram, "bin_edges": record.bin_edges,
-        "selected_range": record.selected_range,
-    })
+    mining_log.append(
+        {
+            "stage": stage.name,
+            "epoch": epoch,
+            "q": config.q,
+            "n": n,
+            "candidates": n_candidates,
+            "with_replacement": with_replacement,
+            "histogram": record.histogram,
+            "bin_edges": record.bin_edges,
+            "selected_range": record.selected_range,
+        }
+    )
     return candidates[selected.to(candidates.device)]
 
 
 def augment_in_chunks(images: torch.Tensor, generator: torch.Generator, device, chunk: int = 65536) -> torch.Tensor:
     """RandomCrop(32, pad 4) + flip of uint8 images, moved to `device` chunk by chunk (pools stay uint8)."""
-    return torch.cat([
-        random_crop_flip(images[i : i + chunk].to(device), size=32, padding=4, generator=generator)
-        for i in range(0, len(images), chunk)
-    ])
+    return torch.cat(
+        [
+            random_crop_flip(images[i : i + chunk].to(device), size=32, padding=4, generator=generator)
+            for i in range(0, len(images), chunk)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -224,16 +249,19 @@ def score_candidates(detector: Detector, model: nn.Module, candidates: torch.Ten
     was_training = model.training
     model.eval()
     try:
-        return torch.cat([
-            detector.mining_score(model, candidates[i : i + batch].float() / 255.0).float()
-            for i in range(0, len(candidates), batch)
-        ])
+        return torch.cat(
+            [
+                detector.mining_score(model, candidates[i : i + batch].float() / 255.0).float()
+                for i in range(0, len(candidates), batch)
+            ]
+        )
     finally:
         model.train(was_training)
 
 
-def run_epoch(job: TrainingJob, model: nn.Module, optimizer, stage: Stage, stage_index: int, epoch: int,
-              mining_log: list[dict]) -> dict[str, Any]:
+def run_epoch(
+    job: TrainingJob, model: nn.Module, optimizer, stage: Stage, stage_index: int, epoch: int, mining_log: list[dict]
+) -> dict[str, Any]:
     """One epoch: (mine or draw outliers), then SGD over zip(in-dist batches, outlier batches)."""
     started = time.time()
     device = job.ctx.device
@@ -243,8 +271,9 @@ def run_epoch(job: TrainingJob, model: nn.Module, optimizer, stage: Stage, stage
     train_images = job.train.images
     order = torch.from_numpy(rng.permutation(len(train_images)))
     n_batches = math.ceil(len(train_images) / stage.in_batch)
-    outliers = epoch_outliers(job, model, stage, stage_index, epoch, n_batches * stage.out_batch, rng, generator,
-                              mining_log)
+    outliers = epoch_outliers(
+        job, model, stage, stage_index, epoch, n_batches * stage.out_batch, rng, generator, mining_log
+    )
     if outliers is not None:
         n_batches = min(n_batches, math.ceil(len(outliers) / stage.out_batch))
         if stage.outliers == "mined":
@@ -279,7 +308,10 @@ def run_epoch(job: TrainingJob, model: nn.Module, optimizer, stage: Stage, stage
         total += float(loss.detach()) * len(index)
         count += len(index)
     return {
-        "stage": stage.name, "epoch": epoch, "loss": total / max(count, 1),
-        "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - started,
+        "stage": stage.name,
+        "epoch": epoch,
+        "loss": total / max(count, 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "seconds": time.time() - started,
         "outliers": 0 if outliers is None else int(len(outliers)),
     }

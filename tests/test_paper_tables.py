@@ -47,8 +47,18 @@ def test_schema_and_dtypes(df):
     assert set(df["arch"]) == {"densenet100", "wrn40_4"}
     assert set(df["aux"]) == {"none", "tinyimages", "imagenet_rc"}
     assert set(df["attack"]) == {"", "pgd40", "pgd100x5"}
-    assert set(df["ood_set"]) == {"average", "", "tinyimages_val", "svhn", "cifar10", "textures", "places365",
-                                  "lsun_c", "lsun_r", "isun"}
+    assert set(df["ood_set"]) == {
+        "average",
+        "",
+        "tinyimages_val",
+        "svhn",
+        "cifar10",
+        "textures",
+        "places365",
+        "lsun_c",
+        "lsun_r",
+        "isun",
+    }
     # attack is set exactly for the white-box threats; q only for mining methods; lam only for ATOM
     assert ((df["attack"] != "") == df["threat"].isin(["linf", "comp"])).all()
     assert df.loc[df["q"].notna(), "method"].isin(["atom", "ntom"]).all()
@@ -57,11 +67,26 @@ def test_schema_and_dtypes(df):
 
 
 def test_row_counts_and_files(df):
-    expected = {1: 2 * 9 * 8, 2: 2 * 3 * 8, 3: 3 * 5 * 8, 5: 9 * 8, 6: 3 * 5 * 8, 7: 5 * 8, 8: 3 * 9 * 8,
-                9: 3 * 9 * 8, 10: 3 * 2 * 4, 11: 3 * 9 * 3, 12: 6 * 9 * 8, 13: 6 * 9 * 8, 14: 6 * 9 * 8}
+    expected = {
+        1: 2 * 9 * 8,
+        2: 2 * 3 * 8,
+        3: 3 * 5 * 8,
+        5: 9 * 8,
+        6: 3 * 5 * 8,
+        7: 5 * 8,
+        8: 3 * 9 * 8,
+        9: 3 * 9 * 8,
+        10: 3 * 2 * 4,
+        11: 3 * 9 * 3,
+        12: 6 * 9 * 8,
+        13: 6 * 9 * 8,
+        14: 6 * 9 * 8,
+    }
     assert df["table"].value_counts().sort_index().to_dict() == expected
-    parts = pd.concat([pd.read_csv(PAPER_DIR / f"table{t:02d}.csv", dtype=str, keep_default_na=False)
-                       for t in expected], ignore_index=True)
+    parts = pd.concat(
+        [pd.read_csv(PAPER_DIR / f"table{t:02d}.csv", dtype=str, keep_default_na=False) for t in expected],
+        ignore_index=True,
+    )
     whole = pd.read_csv(PAPER_DIR / "all.csv", dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(parts, whole)
     runtime = pd.read_csv(PAPER_DIR / "table04_runtime.csv")

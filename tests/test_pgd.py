@@ -10,7 +10,12 @@ from attacks.pgd import PGDConfig, pgd_linf, random_start_noise
 def _tiny_model(seed=0):
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
     )
 
 
@@ -53,8 +58,9 @@ def test_more_steps_never_lower_and_zero_eps_is_identity():
     model, x = _tiny_model(), _images()
     noise = start_noise_for_set(len(x), tuple(x.shape[1:]), PGDConfig(), seed=3, device="cpu")
     _, short = pgd_linf(_objective(model), x, PGDConfig(steps=5), model=model, start_noise=noise)
-    x0, _ = pgd_linf(_objective(model), x, PGDConfig(eps=0.0, steps=5), model=model,
-                     generator=torch.Generator().manual_seed(0))
+    x0, _ = pgd_linf(
+        _objective(model), x, PGDConfig(eps=0.0, steps=5), model=model, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(x0, x)
     assert short.shape == (len(x),)
 
@@ -69,8 +75,12 @@ def test_random_start_is_rounded_uniform_and_batch_independent():
     model, x = _tiny_model(), _images(12)
     noise = start_noise_for_set(len(x), tuple(x.shape[1:]), PGDConfig(), seed=5, device="cpu")
     whole, _ = pgd_linf(_objective(model), x, PGDConfig(steps=4), model=model, start_noise=noise)
-    halves = [pgd_linf(_objective(model), x[s : s + 6], PGDConfig(steps=4), model=model,
-                       start_noise=[n[s : s + 6] for n in noise])[0] for s in (0, 6)]
+    halves = [
+        pgd_linf(
+            _objective(model), x[s : s + 6], PGDConfig(steps=4), model=model, start_noise=[n[s : s + 6] for n in noise]
+        )[0]
+        for s in (0, 6)
+    ]
     assert torch.allclose(whole, torch.cat(halves), atol=1e-6)
 
 

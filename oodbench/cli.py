@@ -1,0 +1,334 @@
+"""The `oodbench` command line: list, data, run, table (and the commands added by later modules).
+
+Every user-facing error (unknown name, missing data, bad checkpoint, bad option) is printed as one clear
+message with exit status 2; nothing already finished is lost, and rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+from oodbench.errors import ConfigError, OodbenchError
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _pixels(text: str) -> float:
+    """A pixel-space magnitude: '8/255', '0.0314' or '8' (read as 8/255 when > 1)."""
+    try:
+        value = float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number or fraction such as 8/255") from None
+    return value / 255.0 if value > 1 else value
+
+
+def _assignments(items: list[str] | None, what: str, dotted: bool) -> dict:
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"{what} '{item}' must look like {'METHOD.FIELD=VALUE' if dotted else 'KEY=VALUE'}")
+        key, value = item.split("=", 1)
+        if dotted:
+            if "." not in key:
+                raise ConfigError(f"{what} '{item}' must look like METHOD.FIELD=VALUE (e.g. atom.q=0.25)")
+            method, field = key.split(".", 1)
+            out.setdefault(method.strip(), {})[field.strip()] = value.strip()
+        else:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `run` and the commands that plan a run (sanity, launch)."""
+    parser.add_argument(
+        "--methods",
+        type=_csv,
+        default=["all"],
+        help="comma-separated detectors, or 'all' (the paper's ten); see `oodbench list`",
+    )
+    parser.add_argument(
+        "--in",
+        dest="in_dist",
+        default="digits",
+        help="in-distribution data set (default: the built-in 'digits' benchmark)",
+    )
+    parser.add_argument("--ood", type=_csv, default=None, help="OOD test sets (default: the in-dist set's six)")
+    parser.add_argument(
+        "--threats", type=_csv, default=None, help="threat models (default: natural,corruption,linf,comp)"
+    )
+    parser.add_argument("--arch", default=None, help="architecture (default: the profile's: densenet100 / small_cnn)")
+    parser.add_argument("--aux", default=None, help="auxiliary outlier pool (default: the in-dist set's)")
+    parser.add_argument("--data-root", default=None, help="folder holding the data sets (see `oodbench data`)")
+    parser.add_argument("--download", action="store_true", help="download CIFAR/SVHN through torchvision if missing")
+    parser.add_argument(
+        "--out", default=None, help="run directory (default: oodbench-runs/<in>-<protocol>-<profile>-seed<S>)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--protocol", default="paper", help="paper | atom-code | strong (SPEC preamble)")
+    parser.add_argument("--profile", default="paper", help="paper (full scale) | smoke (tiny, CPU minutes)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        metavar="METHOD.FIELD=VALUE",
+        help="override a method's hyper-parameter, e.g. --set atom.q=0.25 (repeatable)",
+    )
+    parser.add_argument(
+        "--switch",
+        dest="switches",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override one protocol switch, e.g. --switch corruption_suite=cifar-c-19",
+    )
+    parser.add_argument(
+        "--tune-split",
+        choices=["test", "heldout"],
+        default=None,
+        help="ODIN/Mahalanobis tuning images: in-dist test (paper, code) or held-out training",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        dest="checkpoints",
+        action="append",
+        metavar="METHOD=PATH",
+        help="evaluate this trained checkpoint instead of training (repeatable)",
+    )
+    parser.add_argument("--init", default=None, help="fine-tune every trained network from this checkpoint")
+    parser.add_argument("--pgd-steps", type=int, default=None, help="PGD iterations (paper: 40)")
+    parser.add_argument("--pgd-restarts", type=int, default=None, help="PGD random restarts (paper: 1)")
+    parser.add_argument("--pgd-step", type=_pixels, default=None, help="PGD step size (paper: 1/255)")
+    parser.add_argument("--pgd-eps", type=_pixels, default=None, help="L-inf radius (paper: 8/255)")
+    parser.add_argument("--batch-size", type=int, default=None, help="evaluation / attack batch size")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="override the profile's epochs (lr steps at 50/75/90%%)"
+    )
+    parser.add_argument("--max-ood", type=int, default=None, help="override the profile's images per OOD set")
+    parser.add_argument("--max-train", type=int, default=None, help="override the profile's in-dist training images")
+    parser.add_argument("--cache-dir", default=None, help="cache of corruption variants (default: ~/.cache/oodbench)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run_options(args: argparse.Namespace):
+    """RunOptions from parsed arguments."""
+    from oodbench.runner import RunOptions
+
+    switches = _assignments(args.switches, "--switch", dotted=False)
+    if args.tune_split:
+        switches["tune_split"] = args.tune_split
+    options = RunOptions(
+        methods=args.methods,
+        in_dist=args.in_dist,
+        ood=args.ood,
+        threats=args.threats or default_threats(),
+        arch=args.arch,
+        aux=args.aux,
+        protocol=args.protocol,
+        profile=args.profile,
+        seed=args.seed,
+        data_root=args.data_root,
+        out=args.out,
+        device=args.device,
+        download=args.download,
+        overrides=_assignments(args.settings, "--set", dotted=True),
+        protocol_overrides=switches,
+        checkpoints=_assignments(args.checkpoints, "--checkpoint", dotted=False),
+        init=args.init,
+        train_only=getattr(args, "train_only", False),
+        pgd_steps=args.pgd_steps,
+        pgd_restarts=args.pgd_restarts,
+        pgd_step_size=args.pgd_step,
+        pgd_eps=args.pgd_eps,
+        batch_size=args.batch_size,
+        cache_dir=args.cache_dir,
+        progress=not args.no_progress,
+        epochs=args.epochs,
+        max_ood=args.max_ood,
+        max_train=args.max_train,
+    )
+    return options
+
+
+def default_threats() -> list[str]:
+    from oodbench.registry import THREATS
+
+    return [t for t in ("natural", "corruption", "linf", "comp") if t in THREATS]
+
+
+# ----------------------------------------------------------------------------------------------------
+def cmd_list(args) -> int:
+    from oodbench.config import PROFILES, PROTOCOLS
+    from oodbench.registry import ARCHS, DATASETS, DETECTORS, THREATS
+
+    def section(title, entries, extra=lambda e: ""):
+        print(f"{title}:")
+        for entry in entries:
+            print(f"  {entry.name:<16s} {extra(entry)}{entry.summary}")
+        print()
+
+    section("detectors", DETECTORS.entries(), lambda e: "[ablation] " if e.meta.get("ablation") else "")
+    section("threat models", THREATS.entries())
+    section("data sets", DATASETS.entries(), lambda e: f"[{','.join(sorted(_roles(e)))}] ")
+    section("architectures", ARCHS.entries())
+    print("protocols: " + ", ".join(PROTOCOLS))
+    print("profiles:  " + ", ".join(PROFILES))
+    return 0
+
+
+def _roles(entry) -> set[str]:
+    spec = entry.obj
+    roles = getattr(spec, "roles", None)
+    if roles:
+        return set(roles)
+    role = getattr(spec, "role", None)
+    return {role} if role else set()
+
+
+def cmd_data(args) -> int:
+    from tabulate import tabulate
+
+    from oodbench.data import dataset_status
+
+    rows = dataset_status(args.data_root)
+    print(
+        tabulate(
+            [[r["name"], r["role"], "yes" if r["present"] else "MISSING", r["path"]] for r in rows],
+            headers=["data set", "role", "present", "path"],
+            tablefmt="simple",
+        )
+    )
+    missing = [r for r in rows if not r["present"]]
+    if missing:
+        print("\nHow to obtain the missing sets (expected layout under the data root):")
+        for r in missing:
+            print(f"\n{r['name']} ({r['role']}):\n  layout: {r['layout']}\n  obtain: {r['obtain']}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from oodbench.results import load_cells, summary_table
+    from oodbench.runner import run
+
+    options = run_options(args)
+    started = time.time()
+    run_dir = run(options, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(f"\nrun directory: {run_dir}  (wall time {time.time() - started:.1f} s)")
+    if not options.train_only:
+        print(summary_table(load_cells([run_dir])))
+    return 0
+
+
+def cmd_table(args) -> int:
+    from oodbench.results import id_summary, load_cells, show_provenance, summary_table, tidy, vs_paper
+
+    if args.show:
+        print(show_provenance(args.run_dirs, args.show))
+        return 0
+    cells = load_cells(args.run_dirs)
+    metrics = args.metrics
+    if args.format == "csv":
+        tidy(cells).to_csv(args.output or sys.stdout, index=False, float_format="%.4f")
+        return 0
+    if args.id:
+        from tabulate import tabulate
+
+        frame = id_summary(args.run_dirs)
+        text = tabulate(
+            frame,
+            headers="keys",
+            tablefmt="latex" if args.format == "latex" else "pipe",
+            showindex=False,
+            floatfmt=".2f",
+        )
+    elif args.vs_paper:
+        text = vs_paper(cells, args.format, metrics)
+    else:
+        text = summary_table(cells, args.format, metrics, per_ood=args.per_ood)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oodbench", description="Benchmark robust OOD detectors (ATOM protocol).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="registered detectors, threat models, data sets, architectures").set_defaults(
+        func=cmd_list
+    )
+
+    data = sub.add_parser("data", help="which data sets are present, their layout and how to obtain them")
+    data.add_argument("--data-root", default=None)
+    data.set_defaults(func=cmd_data)
+
+    run = sub.add_parser("run", help="train what is missing and evaluate a grid of cells")
+    add_run_arguments(run)
+    run.add_argument("--train-only", action="store_true", help="train the networks, evaluate nothing")
+    run.set_defaults(func=cmd_run)
+
+    table = sub.add_parser("table", help="render results of run directories")
+    table.add_argument("run_dirs", nargs="*", help="run directories (default: every run under ./oodbench-runs)")
+    table.add_argument("--format", choices=["markdown", "latex", "csv"], default="markdown")
+    table.add_argument("--per-ood", action="store_true", help="one row per OOD set instead of the average")
+    table.add_argument("--vs-paper", action="store_true", help="measured next to the paper's numbers")
+    table.add_argument("--id", action="store_true", help="in-distribution accuracy / FNR / end-to-end (Table 11)")
+    table.add_argument(
+        "--metrics", type=_csv, default=["fpr", "auroc"], help="fpr, auroc, aupr_in, aupr_out, detection_error"
+    )
+    table.add_argument(
+        "--show",
+        type=_csv,
+        default=None,
+        metavar="KEY,...",
+        help="print provenance fields of run.json (dotted keys, or 'all')",
+    )
+    table.add_argument("--output", "-o", default=None, help="write to a file instead of stdout")
+    table.set_defaults(func=cmd_table)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+#: later modules append functions that add their subcommands (check, bench, sanity, plot, launch)
+_EXTRA_COMMANDS: list = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_extra_commands()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except OodbenchError as error:
+        print(f"oodbench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "\noodbench: interrupted; finished cells and epochs are saved - rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _load_extra_commands() -> None:
+    import importlib
+
+    for module in ("oodbench.check", "oodbench.bench", "oodbench.sanity", "oodbench.plots", "oodbench.launch"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

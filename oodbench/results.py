@@ -1,0 +1,300 @@
+"""Results: read finished cells of one or more run directories and render the paper's tables.
+
+- `tidy(...)`: the long form `in_dist, method, ood_set, threat, metric, value` (values in percent,
+  `ood_set = average` for the unweighted mean over the OOD sets), which `--format csv` writes.
+- `summary_table(...)`: Table 1's layout: methods x threat models, FPR and AUROC averaged over OOD sets,
+  best in bold. `per_ood=True` gives one row per OOD set (Tables 12-14).
+- `vs_paper(...)`: measured next to the paper's reported value (SPEC section 7).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+from oodbench.errors import ConfigError
+from oodbench.metrics import OOD_METRICS
+from oodbench.registry import DETECTORS
+
+THREAT_ORDER = ("natural", "corruption", "linf", "comp")
+THREAT_TITLES = {"natural": "Natural", "corruption": "Corruption", "linf": "L-inf", "comp": "Comp."}
+METRIC_TITLES = {
+    "fpr": "FPR",
+    "auroc": "AUROC",
+    "aupr_in": "AUPR-in",
+    "aupr_out": "AUPR-out",
+    "detection_error": "Det. err.",
+}
+LOWER_IS_BETTER = {"fpr", "detection_error"}
+TIDY_COLUMNS = ["in_dist", "method", "ood_set", "threat", "metric", "value"]
+
+
+def run_dirs_or_default(paths: Iterable[str | Path]) -> list[Path]:
+    """The given run directories, or every run under ./oodbench-runs."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        from oodbench.runner import DEFAULT_RUNS
+
+        paths = sorted(p.parent for p in DEFAULT_RUNS.glob("*/run.json"))
+        if not paths:
+            raise ConfigError(
+                f"no run directories given and none found under ./{DEFAULT_RUNS}; run `oodbench run` first"
+            )
+    for path in paths:
+        if not (path / "cells").is_dir() and not (path / "run.json").is_file():
+            raise ConfigError(f"'{path}' is not an oodbench run directory (no run.json or cells/)")
+    return paths
+
+
+def load_cells(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per finished cell (its metrics JSON), across run directories."""
+    rows = []
+    for run_dir in run_dirs_or_default(run_dirs):
+        for path in sorted((Path(run_dir) / "cells").glob("*.json")):
+            try:
+                row = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                raise ConfigError(f"'{path}' is unreadable; delete it and rerun to recompute the cell") from None
+            row["run_dir"] = str(run_dir)
+            rows.append(row)
+    if not rows:
+        raise ConfigError("no finished cells in " + ", ".join(str(p) for p in run_dirs_or_default(run_dirs)))
+    return pd.DataFrame(rows)
+
+
+def _method_order(methods: Iterable[str]) -> list[str]:
+    known = DETECTORS.names()
+    return sorted(set(methods), key=lambda m: (known.index(m.split("@")[0]) if m.split("@")[0] in known else 99, m))
+
+
+def _labelled(cells: pd.DataFrame) -> pd.DataFrame:
+    """Method labels that stay unique when runs of several protocols / architectures are combined."""
+    cells = cells.copy()
+    for column in ("protocol", "arch"):
+        if column in cells and cells[column].nunique() > 1:
+            cells["method"] = cells["method"] + "@" + cells[column].astype(str)
+    return cells
+
+
+def tidy(cells: pd.DataFrame, metrics: Iterable[str] = OOD_METRICS, average: bool = True) -> pd.DataFrame:
+    """Long form, one row per value; several seeds of the same cell are averaged."""
+    cells = _labelled(cells)
+    metrics = [m for m in metrics if m in cells]
+    long = cells.melt(
+        id_vars=["in_dist", "method", "ood_set", "threat"], value_vars=metrics, var_name="metric", value_name="value"
+    )
+    long = long.groupby(["in_dist", "method", "ood_set", "threat", "metric"], as_index=False)["value"].mean()
+    if average:
+        mean = long.groupby(["in_dist", "method", "threat", "metric"], as_index=False)["value"].mean()
+        mean["ood_set"] = "average"
+        long = pd.concat([long, mean[TIDY_COLUMNS]], ignore_index=True)
+    long["_m"] = long["method"].map({m: i for i, m in enumerate(_method_order(long["method"]))})
+    long["_t"] = long["threat"].map(lambda t: THREAT_ORDER.index(t) if t in THREAT_ORDER else 99)
+    long["_o"] = (long["ood_set"] == "average").astype(int)
+    long = long.sort_values(["in_dist", "_m", "_o", "ood_set", "_t", "metric"]).drop(columns=["_m", "_t", "_o"])
+    return long[TIDY_COLUMNS].reset_index(drop=True)
+
+
+def wide(long: pd.DataFrame, metrics: Iterable[str], per_ood: bool) -> pd.DataFrame:
+    """Table 1's shape: rows (in_dist, method[, ood_set]), columns (threat, metric)."""
+    metrics = list(metrics)
+    data = long[long["metric"].isin(metrics)]
+    data = data[data["ood_set"] != "average"] if per_ood else data[data["ood_set"] == "average"]
+    index = ["in_dist", "method", "ood_set"] if per_ood else ["in_dist", "method"]
+    table = data.pivot_table(index=index, columns=["threat", "metric"], values="value", aggfunc="mean")
+    threats = [t for t in THREAT_ORDER if t in table.columns.get_level_values(0)]
+    threats += [t for t in table.columns.get_level_values(0).unique() if t not in threats]
+    columns = [(t, m) for t in threats for m in metrics if (t, m) in table.columns]
+    table = table[columns]
+    order = {m: i for i, m in enumerate(_method_order(data["method"]))}
+    return table.sort_index(key=lambda level: level.map(order) if level.name == "method" else level)
+
+
+def _best_mask(table: pd.DataFrame) -> pd.DataFrame:
+    """True where a value is the best of its column within its in-dist block (ties all bold)."""
+    mask = pd.DataFrame(False, index=table.index, columns=table.columns)
+    group_keys = ["in_dist"] + (["ood_set"] if "ood_set" in table.index.names else [])
+    for _, block in table.groupby(level=group_keys):
+        if len(block) < 2:
+            continue
+        for column in table.columns:
+            values = block[column].round(2)
+            best = values.min() if column[1] in LOWER_IS_BETTER else values.max()
+            mask.loc[block.index, column] = values == best
+    return mask
+
+
+def render(table: pd.DataFrame, fmt: str, title: str = "") -> str:
+    """Markdown or LaTeX text of a wide table, two decimals, best values in bold."""
+    if table.empty:
+        return "(no cells)"
+    bold = _best_mask(table)
+    arrows = {m: ("↓" if m in LOWER_IS_BETTER else "↑") for m in METRIC_TITLES}
+
+    def cell(value, is_best):
+        if pd.isna(value):
+            return "-"
+        text = f"{value:.2f}"
+        if not is_best:
+            return text
+        return f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**"
+
+    body = [[*key, *[cell(table.loc[key, c], bold.loc[key, c]) for c in table.columns]] for key in table.index]
+    index_titles = [n.replace("_", "-") for n in table.index.names]
+    if fmt == "latex":
+        return _latex(table, body, index_titles, title)
+    headers = index_titles + [
+        f"{THREAT_TITLES.get(t, t)} {METRIC_TITLES.get(m, m)}{arrows.get(m, '')}" for t, m in table.columns
+    ]
+    text = tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True)
+    return (f"{title}\n\n" if title else "") + text
+
+
+def _latex(table: pd.DataFrame, body, index_titles, title: str) -> str:
+    threats = list(dict.fromkeys(t for t, _ in table.columns))
+    per_threat = {t: [m for tt, m in table.columns if tt == t] for t in threats}
+    spec = "l" * len(index_titles) + "".join("r" * len(per_threat[t]) for t in threats)
+    top = (
+        " & " * (len(index_titles) - 1)
+        + " & "
+        + " & ".join(f"\\multicolumn{{{len(per_threat[t])}}}{{c}}{{{THREAT_TITLES.get(t, t)}}}" for t in threats)
+    )
+    arrows = {m: ("$\\downarrow$" if m in LOWER_IS_BETTER else "$\\uparrow$") for m in METRIC_TITLES}
+    second = (
+        " & ".join(index_titles)
+        + " & "
+        + " & ".join(f"{METRIC_TITLES.get(m, m)} {arrows.get(m, '')}" for t in threats for m in per_threat[t])
+    )
+    lines = ["\\begin{table}[t]", "\\centering"]
+    if title:
+        lines.append(f"\\caption{{{_tex(title)}}}")
+    lines += [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", top + " \\\\", second + " \\\\", "\\midrule"]
+    previous = None
+    for row in body:
+        if previous is not None and row[0] != previous:
+            lines.append("\\midrule")
+        previous = row[0]
+        lines.append(" & ".join(_tex(str(v)) if i < len(index_titles) else str(v) for i, v in enumerate(row)) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines)
+
+
+def _tex(text: str) -> str:
+    return text.replace("_", "\\_").replace("%", "\\%").replace("&", "\\&")
+
+
+def summary_table(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "auroc"), per_ood: bool = False) -> str:
+    """The rendered Table 1 layout (or the per-OOD-set view) of a set of cells."""
+    long = tidy(cells, metrics)
+    caption = ("Per OOD set" if per_ood else "Averaged over OOD sets") + " (values in %; best in bold)"
+    return render(wide(long, metrics, per_ood), fmt, title=caption)
+
+
+# ----------------------------------------------------------------------------------------------------
+# measured vs. the paper
+# ----------------------------------------------------------------------------------------------------
+PROTOCOL_DIFFERS = "protocol differs"
+
+
+def paper_reference(in_dist: str, arch: str, aux: str | None) -> int | None:
+    """The paper table that reports this setting (SPEC section 7), or None."""
+    if in_dist not in ("cifar10", "cifar100", "svhn"):
+        return None
+    if arch == "wrn40_4":
+        return 9
+    if aux == "imagenet_rc":
+        return 8
+    if arch != "densenet100":
+        return None
+    return 5 if in_dist == "svhn" else 1
+
+
+def vs_paper(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "auroc")) -> str:
+    """Measured averages next to the paper's values, with the difference; cells whose protocol differs from
+    the published one (the `paper` protocol's corruption / comp cells and CCU) are flagged."""
+    from oodbench.paper import load_paper
+
+    paper = load_paper()
+    long = tidy(cells, metrics)
+    long = long[long["ood_set"] == "average"]
+    meta = cells.drop_duplicates(["in_dist", "method"]).set_index(["in_dist", "method"])
+    rows = []
+    for _, r in long.iterrows():
+        base_method = r["method"].split("@")[0]
+        info = meta.loc[(r["in_dist"], base_method)] if (r["in_dist"], base_method) in meta.index else None
+        arch = info["arch"] if info is not None else ""
+        aux = info["aux"] if info is not None else None
+        protocol = info["protocol"] if info is not None else ""
+        table = paper_reference(r["in_dist"], arch, aux)
+        reported = None
+        if table is not None:
+            match = paper[
+                (paper["table"] == table)
+                & (paper["in_dist"] == r["in_dist"])
+                & (paper["method"] == base_method)
+                & (paper["threat"] == r["threat"])
+                & (paper["metric"] == r["metric"])
+                & (paper["ood_set"] == "average")
+            ]
+            if len(match):
+                reported = float(match["value"].iloc[0])
+        note = ""
+        if table is None:
+            note = "no paper reference for this setting"
+        elif protocol != "atom-code" and (r["threat"] in ("corruption", "comp") or base_method == "ccu"):
+            note = PROTOCOL_DIFFERS
+        rows.append(
+            [
+                r["in_dist"],
+                r["method"],
+                THREAT_TITLES.get(r["threat"], r["threat"]),
+                METRIC_TITLES.get(r["metric"], r["metric"]),
+                f"{r['value']:.2f}",
+                "-" if reported is None else f"{reported:.2f}",
+                "-" if reported is None else f"{r['value'] - reported:+.2f}",
+                f"Table {table}" if table else "-",
+                note,
+            ]
+        )
+    headers = ["in-dist", "method", "threat", "metric", "measured", "paper", "diff", "source", "note"]
+    if fmt == "latex":
+        lines = ["\\begin{tabular}{lllrrrrll}", "\\toprule", " & ".join(headers) + " \\\\", "\\midrule"]
+        lines += [" & ".join(_tex(str(v)) for v in row) + " \\\\" for row in rows]
+        return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"])
+    return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
+
+
+def id_summary(run_dirs) -> pd.DataFrame:
+    """Table 11: per method, in-dist accuracy, FNR at the threshold and end-to-end accuracy."""
+    rows = []
+    for run_dir in run_dirs_or_default(run_dirs):
+        for path in sorted((Path(run_dir) / "id").glob("*.json")):
+            rows.append(json.loads(path.read_text()))
+    return pd.DataFrame(rows)
+
+
+def show_provenance(run_dirs, keys: Iterable[str]) -> str:
+    """Values of dotted keys of each run's run.json (e.g. `protocol.name`, `environment.packages.torch`);
+    `all` prints the whole record."""
+    out = []
+    for run_dir in run_dirs_or_default(run_dirs):
+        path = Path(run_dir) / "run.json"
+        if not path.exists():
+            raise ConfigError(f"'{run_dir}' has no run.json")
+        record = json.loads(path.read_text())
+        out.append(f"# {run_dir}")
+        for key in keys:
+            if key == "all":
+                out.append(json.dumps(record, indent=2, sort_keys=True))
+                continue
+            value = record
+            for part in key.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    raise ConfigError(f"run.json of '{run_dir}' has no '{key}' (top-level keys: {', '.join(record)})")
+                value = value[part]
+            out.append(f"{key} = {json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value}")
+    return "\n".join(out)

@@ -1,0 +1,690 @@
+"""A run: a grid of cells (detector x OOD set x threat model), planned and checked before any compute, then
+executed in one direction: data -> trained network -> fitted detector -> threat model -> scores -> metrics.
+
+Layout of a run directory:
+
+    run.json                      resolved configuration and provenance (DESIGN, issue "trustworthy runs")
+    checkpoints/<recipe>-<key>/   training checkpoints (final.pt, last.pt for resume, periodic ones, mining log)
+    detectors/<method>-<key>.pt   fitted post-hoc state (ODIN magnitude, Mahalanobis statistics)
+    id/<method>-<key>.npz|json    clean in-distribution scores, predictions and Table 11 metrics (once per detector)
+    cells/<key>.npz               per-sample OOD scores of one cell
+    cells/<key>.json              the cell's metrics row (written last: its presence marks the cell finished)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.base import AttackContext, derive_seed
+from attacks.pgd import PGDConfig
+from oodbench import __version__
+from oodbench.checkpoint import check_meta, file_sha256, load_checkpoint
+from oodbench.config import TRAINING_SWITCHES, Profile, Protocol, get_profile, get_protocol
+from oodbench.data import load_aux, load_in_distribution, load_ood
+from oodbench.data.base import AuxPool, ImageSet, InDistribution
+from oodbench.detector import BuildContext, Detector, FitData
+from oodbench.errors import CheckpointError, ConfigError
+from oodbench.io import read_json, write_json, write_npz
+from oodbench.locks import file_lock
+from oodbench.metrics import id_metrics, ood_metrics, threshold_at_tpr
+from oodbench.provenance import config_hash, environment
+from oodbench.registry import ARCHS, DETECTORS, THREATS, load_plugins
+
+DEFAULT_RUNS = Path("oodbench-runs")
+TUNE_IMAGES = 1000  # ODIN / Mahalanobis tuning images (SPEC section 4)
+THREAT_ORDER = ("natural", "corruption", "linf", "comp")
+
+
+@dataclass
+class RunOptions:
+    """What `oodbench run` was asked to do (command-line options, unresolved)."""
+
+    methods: list[str] = field(default_factory=lambda: ["msp"])
+    in_dist: str = "digits"
+    ood: list[str] | None = None
+    threats: list[str] = field(default_factory=lambda: ["natural", "linf"])
+    arch: str | None = None
+    aux: str | None = None
+    protocol: str = "paper"
+    profile: str = "paper"
+    seed: int = 0
+    data_root: str | None = None
+    out: str | None = None
+    device: str = "auto"
+    download: bool = False
+    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
+    protocol_overrides: dict[str, str] = field(default_factory=dict)
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    init: str | None = None
+    train_only: bool = False
+    pgd_steps: int | None = None
+    pgd_restarts: int | None = None
+    pgd_step_size: float | None = None
+    pgd_eps: float | None = None
+    batch_size: int | None = None
+    cache_dir: str | None = None
+    epochs: int | None = None  # overrides the profile's schedule (milestones at 50/75/90 %)
+    max_ood: int | None = None  # overrides the profile's images per OOD set
+    max_train: int | None = None  # overrides the profile's in-dist training images
+    progress: bool = True
+    only_cells: list[str] | None = None  # evaluate just these cell keys (job arrays)
+
+
+@dataclass
+class MethodPlan:
+    """One detector of the run with its resolved configuration and keys."""
+
+    name: str
+    detector: Detector
+    config: dict[str, Any]
+    recipe: str
+    train_key: str
+    fit_key: str
+    checkpoint: Path | None  # given with --checkpoint
+    checkpoint_dir: Path
+
+
+@dataclass
+class CellPlan:
+    """One (detector, OOD set, threat model) cell."""
+
+    key: str
+    method: str
+    ood_set: str
+    threat: str
+    row: dict[str, Any]  # the identifying columns of its metrics row
+
+
+@dataclass
+class RunPlan:
+    """A fully resolved, checked run."""
+
+    options: RunOptions
+    protocol: Protocol
+    profile: Profile
+    arch: str
+    device: torch.device
+    in_dist: InDistribution
+    train: ImageSet
+    test: ImageSet
+    ood_sets: dict[str, ImageSet]
+    aux: AuxPool | None
+    aux_name: str | None
+    methods: list[MethodPlan]
+    cells: list[CellPlan]
+    run_dir: Path
+    pgd: PGDConfig
+    build: BuildContext
+    record: dict[str, Any]
+    heldout: ImageSet | None = None  # training images reserved for tuning (--tune-split heldout)
+
+
+# ----------------------------------------------------------------------------------------------------
+# planning: every name, data set, checkpoint and option is checked here, before any compute
+# ----------------------------------------------------------------------------------------------------
+def resolve_methods(names: list[str]) -> list[str]:
+    """Expand `all` (the ten detectors of the paper; ablations such as AT are named explicitly)."""
+    load_plugins()
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += [e.name for e in DETECTORS.entries() if not e.meta.get("ablation")]
+        else:
+            DETECTORS.entry(name)
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: the GPU when there is one; `cuda` without a GPU is an error, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but torch sees no GPU; use --device cpu or auto")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise ConfigError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)")
+    return torch.device(name)
+
+
+def default_run_dir(options: RunOptions) -> Path:
+    return DEFAULT_RUNS / f"{options.in_dist}-{options.protocol}-{options.profile}-seed{options.seed}"
+
+
+def _subsample(images: ImageSet, limit: int | None, salt: str) -> ImageSet:
+    """A fixed subset of `limit` images (the same for every seed and method), or the set itself."""
+    if limit is None or len(images) <= limit:
+        return images
+    rng = np.random.default_rng(derive_seed("subset", salt) % (2**32))
+    return images.subset(np.sort(rng.permutation(len(images))[:limit]))
+
+
+def _protocol(options: RunOptions) -> Protocol:
+    protocol = get_protocol(options.protocol)
+    fields = {f.name: f for f in dataclasses.fields(Protocol)}
+    changes = {}
+    for key, value in options.protocol_overrides.items():
+        if key not in fields or key == "name":
+            raise ConfigError(
+                f"unknown protocol switch '{key}' (switches: {', '.join(k for k in fields if k != 'name')})"
+            )
+        changes[key] = value.lower() in ("1", "true", "yes") if fields[key].type in ("bool", bool) else value
+    return protocol.replace(**changes) if changes else protocol
+
+
+def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan:
+    """Resolve and check everything a run needs; raise a user-facing error before any training or attack."""
+    load_plugins()
+    protocol = _protocol(options)
+    profile = get_profile(options.profile)
+    if options.epochs is not None:
+        profile = profile.with_epochs(options.epochs)
+    if options.max_ood is not None or options.max_train is not None:
+        profile = dataclasses.replace(
+            profile,
+            max_ood=options.max_ood if options.max_ood is not None else profile.max_ood,
+            max_train=options.max_train if options.max_train is not None else profile.max_train,
+        )
+    methods = resolve_methods(options.methods)
+    threats = list(dict.fromkeys(options.threats))
+    for threat in threats:
+        THREATS.entry(threat)
+    arch = options.arch or profile.default_arch
+    if not arch.startswith("timm/"):
+        ARCHS.entry(arch)
+    device = resolve_device(options.device)
+    for method in list(options.overrides) + list(options.checkpoints):
+        if method not in methods:
+            raise ConfigError(
+                f"settings or a checkpoint were given for '{method}', which is not in --methods {methods}"
+            )
+
+    # data (DataError names the path and the expected layout)
+    root = Path(options.data_root) if options.data_root else None
+    in_dist = load_in_distribution(options.in_dist, root, download=options.download)
+    ood_names = list(options.ood) if options.ood else list(in_dist.default_ood)
+    ood_sets = {
+        name: _subsample(load_ood(name, root, download=options.download), profile.max_ood, name) for name in ood_names
+    }
+    detectors_cls = {m: DETECTORS.get(m) for m in methods}
+    needs_aux = any(cls.uses_aux for cls in detectors_cls.values())
+    aux_name = options.aux or in_dist.default_aux
+    needs_tuning_aux = any(m == "odin" for m in methods)
+    aux = None
+    if needs_aux or (needs_tuning_aux and aux_name):
+        if aux_name is None:
+            raise ConfigError(f"methods {methods} train with auxiliary outliers: pass --aux NAME")
+        aux = load_aux(aux_name, root)
+
+    train, test = in_dist.train, in_dist.test
+    heldout = None
+    if protocol.tune_split == "heldout":
+        order = np.random.default_rng(derive_seed("heldout") % (2**32)).permutation(len(train))
+        heldout, train = train.subset(np.sort(order[:TUNE_IMAGES])), train.subset(np.sort(order[TUNE_IMAGES:]))
+    elif protocol.tune_split != "test":
+        raise ConfigError(f"unknown tune split '{protocol.tune_split}' (test or heldout)")
+    train = _subsample(train, profile.max_train, "train")
+    test = _subsample(test, profile.max_id_test, "test")
+    build = BuildContext(in_dist=in_dist, arch=arch, protocol=protocol, profile=profile, aux=aux, device=device)
+
+    pgd = dataclasses.replace(
+        profile.pgd,
+        **{
+            k: v
+            for k, v in {
+                "steps": options.pgd_steps,
+                "restarts": options.pgd_restarts,
+                "step_size": options.pgd_step_size,
+                "eps": options.pgd_eps,
+            }.items()
+            if v is not None
+        },
+    )
+    run_dir = Path(options.out) if options.out else default_run_dir(options)
+    init_hash = file_sha256(options.init) if options.init else None
+    if options.init and not Path(options.init).is_file():
+        raise CheckpointError(f"--init '{options.init}' not found")
+
+    data_record = {
+        "in_dist": {
+            "name": in_dist.name,
+            "train": train.fingerprint(),
+            "test": test.fingerprint(),
+            "n_train": len(train),
+            "n_test": len(test),
+        },
+        "ood": {n: {"fingerprint": s.fingerprint(), "n": len(s), "source": s.source} for n, s in ood_sets.items()},
+        "aux": None
+        if aux is None
+        else {"name": aux_name, "fingerprint": aux.fingerprint(), "n": len(aux), "source": aux.source},
+    }
+    training_switches = {k: getattr(protocol, k) for k in TRAINING_SWITCHES}
+    method_plans, cells = [], []
+    for name in methods:
+        cls = detectors_cls[name]
+        config = cls.make_config(build, options.overrides.get(name))
+        detector = cls(in_dist.num_classes, config)
+        recipe = cls.recipe or name
+        config_dict = dataclasses.asdict(config)
+        train_key = config_hash(
+            {
+                "recipe": recipe,
+                "config": config_dict if recipe == name else {},
+                "in_dist": in_dist.name,
+                "train": train.fingerprint(),
+                "arch": arch,
+                "head": detector.head_size,
+                "aux": data_record["aux"]["fingerprint"] if (aux is not None and cls.uses_aux) else None,
+                "protocol": training_switches,
+                "profile": profile.name,
+                "schedule": profile.schedule(in_dist.schedule),
+                "seed": options.seed,
+                "init": init_hash,
+                "version": 1,
+            }
+        )
+        checkpoint = Path(options.checkpoints[name]) if name in options.checkpoints else None
+        if checkpoint is not None:
+            payload = load_checkpoint(checkpoint)  # CheckpointError now, not after an hour of other work
+            check_meta(
+                checkpoint,
+                payload["meta"],
+                {"recipe": recipe, "arch": arch, "num_classes": in_dist.num_classes, "head_size": detector.head_size},
+            )
+            train_key = "ckpt-" + file_sha256(checkpoint)[:16]
+        fit_key = config_hash(
+            {
+                "train": train_key,
+                "method": name,
+                "config": config_dict,
+                "tune": protocol.tune_split,
+                "ccu": protocol.ccu_score,
+                "aux": data_record["aux"]["fingerprint"] if aux is not None else None,
+            }
+        )
+        method_plans.append(
+            MethodPlan(
+                name,
+                detector,
+                config_dict,
+                recipe,
+                train_key,
+                fit_key,
+                checkpoint,
+                run_dir / "checkpoints" / f"{recipe}-{train_key}",
+            )
+        )
+        for ood_name in ood_names:
+            for threat in threats:
+                threat_obj = THREATS.get(threat)()
+                ctx = _attack_context(options, protocol, profile, pgd, device, run_dir)
+                key = config_hash(
+                    {
+                        "fit": fit_key,
+                        "ood": ood_name,
+                        "ood_fp": ood_sets[ood_name].fingerprint(),
+                        "threat": threat,
+                        "threat_config": threat_obj.config(ctx),
+                        "adaptive": protocol.adaptive,
+                        "test": test.fingerprint(),
+                        "seed": options.seed,
+                    }
+                )
+                row = {
+                    "key": key,
+                    "in_dist": in_dist.name,
+                    "method": name,
+                    "ood_set": ood_name,
+                    "threat": threat,
+                    "protocol": protocol.name,
+                    "profile": profile.name,
+                    "arch": arch,
+                    "aux": aux_name if cls.uses_aux else None,
+                    "seed": options.seed,
+                    "settings": config_dict,
+                    "threat_config": threat_obj.config(ctx),
+                }
+                cells.append(CellPlan(key, name, ood_name, threat, row))
+    if options.only_cells is not None:
+        cells = [c for c in cells if c.key in set(options.only_cells)]
+
+    record = {
+        "oodbench_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": dataclasses.asdict(options),
+        "protocol": dataclasses.asdict(protocol),
+        "profile": dataclasses.asdict(profile),
+        "arch": arch,
+        "in_dist": in_dist.name,
+        "seed": options.seed,
+        "pgd": dataclasses.asdict(pgd),
+        "methods": {
+            m.name: {
+                "recipe": m.recipe,
+                "settings": m.config,
+                "train_key": m.train_key,
+                "fit_key": m.fit_key,
+                "checkpoint": str(m.checkpoint) if m.checkpoint else None,
+            }
+            for m in method_plans
+        },
+        "data": data_record,
+        "tune_split": protocol.tune_split,
+    }
+    _check_run_dir(run_dir, record)
+    return RunPlan(
+        options,
+        protocol,
+        profile,
+        arch,
+        device,
+        in_dist,
+        train,
+        test,
+        ood_sets,
+        aux,
+        aux_name,
+        method_plans,
+        cells,
+        run_dir,
+        pgd,
+        build,
+        record,
+        heldout=heldout,
+    )
+
+
+def _attack_context(
+    options: RunOptions, protocol: Protocol, profile: Profile, pgd: PGDConfig, device, run_dir: Path
+) -> AttackContext:
+    cache = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    return AttackContext(
+        device=device,
+        batch_size=options.batch_size or profile.eval_batch,
+        seed=options.seed,
+        pgd=pgd,
+        corruption_suite=protocol.corruption_suite,
+        corruption_seed=options.seed,
+        cache_dir=cache / "variants",
+        adaptive=protocol.adaptive,
+        progress=options.progress,
+    )
+
+
+def default_cache_dir() -> Path:
+    """$OODBENCH_CACHE or ~/.cache/oodbench: decoded data sets and corruption variants, shared by runs."""
+    import os
+
+    return Path(os.environ.get("OODBENCH_CACHE", Path.home() / ".cache" / "oodbench"))
+
+
+IDENTITY_FIELDS = ("in_dist", "seed", "arch")
+
+
+def _check_run_dir(run_dir: Path, record: dict[str, Any]) -> None:
+    """A results directory holds one protocol/profile/in-dist/seed/arch: refuse to mix another into it."""
+    path = run_dir / "run.json"
+    if not path.exists():
+        return
+    try:
+        existing = read_json(path)
+    except (OSError, json.JSONDecodeError):
+        raise ConfigError(f"'{path}' is unreadable; move the directory away or pass another --out") from None
+    wrong = []
+    if (
+        existing.get("protocol", {}).get("name") != record["protocol"]["name"]
+        or existing.get("protocol") != record["protocol"]
+    ):
+        wrong.append(
+            f"protocol {existing.get('protocol', {}).get('name')!r} (this run: {record['protocol']['name']!r})"
+        )
+    if existing.get("profile", {}).get("name") != record["profile"]["name"]:
+        wrong.append(f"profile {existing.get('profile', {}).get('name')!r} (this run: {record['profile']['name']!r})")
+    for key in IDENTITY_FIELDS:
+        if existing.get(key) != record[key]:
+            wrong.append(f"{key} {existing.get(key)!r} (this run: {record[key]!r})")
+    if wrong:
+        raise ConfigError(
+            f"results directory '{run_dir}' belongs to another run: "
+            + "; ".join(wrong)
+            + ". Pass another --out (nothing was written)."
+        )
+
+
+# ----------------------------------------------------------------------------------------------------
+# execution
+# ----------------------------------------------------------------------------------------------------
+def run(options: RunOptions, log: Callable[[str], None] = print) -> Path:
+    """Plan, then train what is missing, fit, score every unfinished cell; returns the run directory."""
+    plan = plan_run(options, log)
+    execute(plan, log)
+    return plan.run_dir
+
+
+def _update_run_json(plan: RunPlan, timings: dict[str, float] | None = None) -> None:
+    path = plan.run_dir / "run.json"
+    with file_lock(plan.run_dir / ".run.json.lock"):
+        record = read_json(path) if path.exists() else {**plan.record, "environment": environment(str(plan.device))}
+        record.setdefault("methods", {}).update(plan.record["methods"])
+        record.setdefault("data", {}).setdefault("ood", {}).update(plan.record["data"]["ood"])
+        if timings:
+            record.setdefault("timings", {}).update(timings)
+        write_json(path, record)
+
+
+def execute(plan: RunPlan, log: Callable[[str], None] = print) -> None:
+    """Run a plan: one direction of data flow, skipping everything already finished."""
+    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    _update_run_json(plan)
+    ood_on_device = {name: s.images.to(plan.device) for name, s in plan.ood_sets.items()}
+    cells_by_method: dict[str, list[CellPlan]] = {}
+    for cell in plan.cells:
+        cells_by_method.setdefault(cell.method, []).append(cell)
+    models: dict[str, torch.nn.Module] = {}
+    for method in plan.methods:
+        timings: dict[str, float] = {}
+        started = time.time()
+        if method.train_key not in models:
+            models[method.train_key] = obtain_model(plan, method, log)
+        model = models[method.train_key]
+        timings[f"{method.name}/train_or_load"] = time.time() - started
+        if plan.options.train_only:
+            _update_run_json(plan, timings)
+            continue
+        pending = [
+            c for c in cells_by_method.get(method.name, []) if not (plan.run_dir / "cells" / f"{c.key}.json").exists()
+        ]
+        if not pending:
+            log(f"[{method.name}] all {len(cells_by_method.get(method.name, []))} cells finished; nothing to do")
+            continue
+        started = time.time()
+        fit_detector(plan, method, model, log)
+        timings[f"{method.name}/fit"] = time.time() - started
+        started = time.time()
+        id_record = in_distribution_scores(plan, method, model)
+        timings[f"{method.name}/id_scores"] = time.time() - started
+        memo: dict = {}  # shared by this detector's cells (e.g. comp reuses the corruption search)
+        for cell in sorted(
+            pending, key=lambda c: (c.ood_set, THREAT_ORDER.index(c.threat) if c.threat in THREAT_ORDER else 9)
+        ):
+            started = time.time()
+            evaluate_cell(plan, method, model, cell, id_record, ood_on_device[cell.ood_set], log, memo)
+            timings[f"{method.name}/{cell.ood_set}/{cell.threat}"] = time.time() - started
+        _update_run_json(plan, timings)
+
+
+def obtain_model(plan: RunPlan, method: MethodPlan, log) -> torch.nn.Module:
+    """The method's trained network: a given checkpoint, a finished one in the run directory, or trained now."""
+    from oodbench.training import TrainingJob, build_network, train
+
+    meta = {
+        "method": method.recipe,
+        "recipe": method.recipe,
+        "arch": plan.arch,
+        "num_classes": plan.in_dist.num_classes,
+        "head_size": method.detector.head_size,
+        "in_dist": plan.in_dist.name,
+        "train_key": method.train_key,
+        "protocol": plan.protocol.name,
+        "profile": plan.profile.name,
+        "seed": plan.options.seed,
+        "oodbench_version": __version__,
+    }
+    train_set = method.detector.training_set(plan.build, plan.train)
+    job = TrainingJob(
+        method.detector,
+        plan.build,
+        train_set,
+        plan.aux,
+        method.checkpoint_dir,
+        plan.options.seed,
+        meta,
+        init=Path(plan.options.init) if plan.options.init else None,
+        progress=plan.options.progress,
+        log=log,
+    )
+    if method.checkpoint is not None:
+        model = build_network(dataclasses.replace(job, init=None))
+        model.load_state_dict(load_checkpoint(method.checkpoint)["model"])
+        return model.to(plan.device).eval()
+    with file_lock(method.checkpoint_dir / ".lock"):
+        model = train(job)
+    return model.eval()
+
+
+def fit_detector(plan: RunPlan, method: MethodPlan, model, log) -> None:
+    """Fit (or load the cached fit of) a post-hoc detector."""
+    path = plan.run_dir / "detectors" / f"{method.name}-{method.fit_key}.pt"
+    detector = method.detector
+    with file_lock(path.with_suffix(".lock")):
+        if path.exists():
+            detector.load_fitted_state(torch.load(path, map_location="cpu", weights_only=True))
+            return
+        tune_in, tune_aux = tuning_data(plan)
+        data = FitData(
+            train=plan.train,
+            tune_in=tune_in,
+            tune_aux=tune_aux,
+            device=plan.device,
+            batch_size=plan.options.batch_size or plan.profile.eval_batch,
+            tune_split=plan.protocol.tune_split,
+            arch=plan.arch,
+            in_dist=plan.in_dist.name,
+        )
+        torch.manual_seed(derive_seed(plan.options.seed, "fit", method.name))
+        detector.fit(model, data)
+        state = detector.fitted_state()
+        if state:
+            from oodbench.io import atomic_path
+
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+            info = detector.fit_info()
+            if info:
+                write_json(path.with_suffix(".json"), info)
+                log(
+                    f"[{method.name}] fitted: "
+                    + ", ".join(f"{k}={v}" for k, v in info.items() if not isinstance(v, (dict, list)))
+                )
+
+
+def tuning_data(plan: RunPlan) -> tuple[ImageSet, ImageSet | None]:
+    """1,000 in-dist images (test split or held-out training images) and 1,000 auxiliary images (SPEC 4)."""
+    if plan.heldout is not None:
+        tune_in = plan.heldout
+    else:
+        tune_in = _subsample(plan.test, TUNE_IMAGES, "tune")
+    tune_aux = None
+    if plan.aux is not None:
+        rng = np.random.default_rng(derive_seed("tune-aux") % (2**32))
+        count = min(TUNE_IMAGES, len(plan.aux))
+        images = plan.aux.get(np.sort(rng.choice(len(plan.aux), size=count, replace=False)))
+        if images.shape[-1] != 32:  # ImageNet-RC: the central 32x32 crop
+            offset = (images.shape[-1] - 32) // 2
+            images = images[:, :, offset : offset + 32, offset : offset + 32].contiguous()
+        tune_aux = ImageSet(images, name="tune_aux", source=plan.aux.source)
+    return tune_in, tune_aux
+
+
+def in_distribution_scores(plan: RunPlan, method: MethodPlan, model) -> dict[str, Any]:
+    """Clean in-dist test scores and predictions, computed once per detector and cached."""
+    base = plan.run_dir / "id" / f"{method.name}-{method.fit_key}-{plan.test.fingerprint()[:12]}"
+    npz = base.with_suffix(".npz")
+    if npz.exists():
+        with np.load(npz) as data:
+            return {k: data[k] for k in data.files}
+    detector = method.detector
+    batch = plan.options.batch_size or plan.profile.eval_batch
+    images = plan.test.images.to(plan.device)
+    scores, predictions = [], []
+    model.eval()
+    for start in range(0, len(images), batch):
+        s, p = detector.score_and_predict(model, images[start : start + batch].float() / 255.0)
+        scores.append(s.float().cpu())
+        predictions.append(p.cpu())
+    record = {
+        "scores": torch.cat(scores).numpy().astype(np.float32),
+        "predictions": torch.cat(predictions).numpy().astype(np.int64),
+        "labels": plan.test.labels.numpy().astype(np.int64),
+    }
+    metrics = id_metrics(record["scores"], record["predictions"], record["labels"], threshold=detector.fixed_threshold)
+    write_npz(npz, **record)
+    write_json(
+        base.with_suffix(".json"),
+        {"method": method.name, "in_dist": plan.in_dist.name, **metrics, "n": len(record["scores"])},
+    )
+    return record
+
+
+def evaluate_cell(
+    plan: RunPlan,
+    method: MethodPlan,
+    model,
+    cell: CellPlan,
+    id_record: dict[str, Any],
+    images: torch.Tensor,
+    log,
+    memo: dict | None = None,
+) -> dict[str, Any]:
+    """Score one OOD set under one threat model and write its per-sample scores and metrics row."""
+    started = time.time()
+    threat = THREATS.get(cell.threat)()
+    ctx = _attack_context(plan.options, plan.protocol, plan.profile, plan.pgd, plan.device, plan.run_dir)
+    ctx.seed = derive_seed(plan.options.seed, cell.ood_set, cell.threat)
+    ctx.label = f"{method.name}/{cell.ood_set}"
+    if memo is not None:
+        ctx.memo = memo
+    ood_scores = threat.scores(method.detector, model, images, ctx).float().cpu().numpy()
+    detector = method.detector
+    metrics = ood_metrics(id_record["scores"], ood_scores, threshold=detector.fixed_threshold)
+    id_part = id_metrics(
+        id_record["scores"], id_record["predictions"], id_record["labels"], threshold=detector.fixed_threshold
+    )
+    row = {
+        **cell.row,
+        **metrics,
+        **{k: id_part[k] for k in ("id_accuracy", "fnr", "e2e_accuracy")},
+        "threshold": detector.fixed_threshold
+        if detector.fixed_threshold is not None
+        else threshold_at_tpr(id_record["scores"]),
+        "n_id": int(len(id_record["scores"])),
+        "n_ood": int(len(ood_scores)),
+        "seconds": round(time.time() - started, 3),
+        "device": str(plan.device),
+    }
+    write_npz(plan.run_dir / "cells" / f"{cell.key}.npz", ood_scores=ood_scores.astype(np.float32))
+    write_json(plan.run_dir / "cells" / f"{cell.key}.json", row)
+    log(
+        f"[{method.name}] {cell.ood_set:>14s} {cell.threat:<10s} "
+        f"FPR {metrics['fpr']:6.2f}  AUROC {metrics['auroc']:6.2f}  ({row['seconds']:.1f} s)"
+    )
+    return row

@@ -1,0 +1,325 @@
+"""Per-detector tests that can fail: loss values equal the formulas on a tiny fixed batch, head sizes, scores,
+attack objectives (the paper's eqs. 68-71), SOFL's pseudo-labels, ROWL's targets, CCU's mixtures."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from baselines.acet import ACET
+from baselines.atom import AT, ATOM, NTOM, ood_class_objective
+from baselines.ccu import CCU, CCUNet, PCAWhitening, SphericalGMM
+from baselines.mahalanobis import Mahalanobis, gaussian_scores
+from baselines.msp import MSP
+from baselines.odin import ODIN, ge_sign
+from baselines.oe import OE
+from baselines.rowl import ROWL, RetargetingObjective
+from baselines.sofl import SOFL
+from oodbench.detector import FitData, oe_loss
+from oodbench.models import create_model
+from oodbench.registry import DETECTORS
+
+K = 4
+
+
+class Linear(nn.Module):
+    """A fixed linear model on 3x4x4 images: logits are easy to compute by hand."""
+
+    def __init__(self, outputs, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(48, outputs)
+        self.num_outputs = outputs
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+    def forward_features(self, x):
+        h = x.flatten(1)
+        return self.fc(h), [x, x * 2, x.mean(dim=1, keepdim=True), h]
+
+
+def batch(n=6, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 4, 4, generator=g), torch.randint(0, K, (n,), generator=g)
+
+
+def test_registry_has_the_ten_detectors_and_at():
+    for name in ("msp", "odin", "mahalanobis", "sofl", "oe", "acet", "ccu", "rowl", "ntom", "atom", "at"):
+        assert name in DETECTORS
+    assert DETECTORS.entry("at").meta.get("ablation")
+
+
+@pytest.mark.parametrize(
+    "cls, head",
+    [
+        (MSP, K),
+        (ODIN, K),
+        (Mahalanobis, K),
+        (OE, K),
+        (ACET, K),
+        (CCU, K),
+        (ROWL, K + 1),
+        (NTOM, K + 1),
+        (ATOM, K + 1),
+        (AT, K + 1),
+    ],
+)
+def test_head_sizes(cls, head):
+    assert cls(K).head_size == head
+
+
+def test_sofl_head_has_reject_classes():
+    assert SOFL(10).head_size == 15
+    assert SOFL(100).head_size == 110
+
+
+def test_oe_loss_is_cross_entropy_to_uniform():
+    logits = torch.randn(5, K)
+    expected = -(F.log_softmax(logits, 1)).mean(dim=1)  # mean_i -log F_i (eq. 68)
+    assert torch.allclose(oe_loss(logits), expected, atol=1e-6)
+
+
+def test_oe_training_loss_equals_formula():
+    model, (x, y) = Linear(K), batch()
+    x_out = batch(8, seed=2)[0]
+    det = OE(K)
+    logits_in, logits_out = model(x), model(x_out)
+    expected = F.cross_entropy(logits_in, y) + 0.5 * (-(F.log_softmax(logits_out, 1)).mean(1)).mean()
+    assert torch.allclose(det.loss(model, x, y, x_out), expected, atol=1e-5)
+
+
+def test_msp_score_and_attack_objective():
+    model, (x, _) = Linear(K), batch()
+    det = MSP(K)
+    assert torch.allclose(det.score(model, x), F.softmax(model(x), 1).max(1).values)
+    assert torch.allclose(det.attack_objective(model, x), oe_loss(model(x)))
+
+
+def test_ntom_loss_and_k_plus_one_scores():
+    model, (x, y) = Linear(K + 1), batch()
+    x_out = batch(8, seed=3)[0]
+    det = NTOM(K)
+    logits_in, logits_out = model(x), model(x_out)
+    expected = F.cross_entropy(logits_in, y) + F.cross_entropy(logits_out, torch.full((8,), K))
+    assert torch.allclose(det.loss(model, x, y, x_out), expected, atol=1e-5)
+    assert torch.allclose(det.score(model, x), -F.softmax(model(x), 1)[:, K])
+    # eq. 71: -log F_{K+1}
+    assert torch.allclose(det.attack_objective(model, x), -F.log_softmax(model(x), 1)[:, K], atol=1e-5)
+    assert torch.equal(det.score_and_predict(model, x)[1], model(x)[:, :K].argmax(1))
+
+
+def test_atom_training_attack_raises_the_objective_and_restores_train_mode():
+    model = create_model("small_cnn", K + 1)
+    det = ATOM(K)
+
+    class Ctx:
+        class profile:
+            from attacks.pgd import PGDConfig
+
+            train_pgd = PGDConfig(steps=5, step_size=2 / 255)
+
+            @staticmethod
+            def schedule(kind):
+                return 1, ()
+
+        class in_dist:
+            schedule = "cifar"
+
+    det.stages(Ctx)
+    model.train()
+    x_out = torch.rand(8, 3, 32, 32).mul(255).round().div(255)
+    mixed = det.adversarial_outliers(model, x_out)
+    assert model.training
+    assert torch.equal(mixed[:4], x_out[:4])  # the first half stays clean
+    model.eval()
+    with torch.no_grad():
+        before = ood_class_objective(model, x_out[4:], K)
+        after = ood_class_objective(model, mixed[4:], K)
+    assert (after >= before - 1e-6).all() and (after > before).any()
+    assert (mixed - x_out).abs().max() <= 8 / 255 + 1e-6
+
+
+def test_sofl_pseudo_label_rule():
+    det = SOFL(K, SOFL.Config(reject_classes=3))
+    logits = torch.full((6, K + 3), -5.0)
+    logits[0, K + 1] = 5  # argmax is a reject class: kept
+    logits[1, K + 2] = 5
+    logits[2:, 0] = 5  # argmax is an in-dist class: a random reject class
+    torch.manual_seed(0)
+    labels = det.pseudo_labels(logits)
+    assert labels[0] == K + 1 and labels[1] == K + 2
+    assert ((labels[2:] >= K) & (labels[2:] < K + 3)).all()
+    draws = torch.stack([det.pseudo_labels(logits)[2:] for _ in range(50)])
+    assert len(draws.unique()) == 3  # every reject class is drawn
+
+
+def test_sofl_score_and_objective():
+    det = SOFL(K, SOFL.Config(reject_classes=2))
+    model, (x, _) = Linear(K + 2), batch()
+    p = F.softmax(model(x), 1)
+    assert torch.allclose(det.score(model, x), -p[:, K:].sum(1), atol=1e-6)
+    assert torch.allclose(det.attack_objective(model, x), -torch.log(p[:, K:].sum(1)), atol=1e-5)  # eq. 70
+
+
+def test_rowl_targets_differ_from_the_true_class_and_score_is_binary():
+    model = Linear(K + 1)
+    labels = torch.tensor([0, 1, 2, 3, 4] * 40)
+    seen = []
+    objective = RetargetingObjective(model, labels, K + 1)
+    original = F.cross_entropy
+
+    def spy(logits, targets, reduction="mean"):
+        seen.append(targets.clone())
+        return original(logits, targets, reduction=reduction)
+
+    F.cross_entropy = spy
+    try:
+        for _ in range(20):
+            objective(torch.rand(len(labels), 3, 4, 4))
+    finally:
+        F.cross_entropy = original
+    targets = torch.stack(seen)
+    assert not (targets == labels).any()
+    assert len(targets[:, 0].unique()) == K  # uniform over the K other classes
+    det = ROWL(K)
+    x = batch()[0]
+    scores = det.score(model, x)
+    assert set(scores.tolist()) <= {0.0, -1.0}
+    assert torch.equal(scores == -1.0, model(x).argmax(1) == K)
+    assert det.fixed_threshold == -0.5
+
+
+def test_odin_preprocessing_sign_convention_and_score():
+    assert torch.equal(ge_sign(torch.tensor([-1.0, 0.0, 2.0])), torch.tensor([-1.0, 1.0, 1.0]))
+    model, (x, _) = Linear(K), batch()
+    det = ODIN(K, ODIN.Config(magnitude=0.002))
+    x_req = x.clone().requires_grad_(True)
+    logits = model(x_req)
+    loss = F.cross_entropy(logits / 1000.0, logits.argmax(1))
+    (grad,) = torch.autograd.grad(loss, x_req)
+    x_tilde = x - 0.002 * ge_sign(grad)
+    expected = F.softmax(model(x_tilde) / 1000.0, 1).max(1).values
+    assert torch.allclose(det.score(model, x), expected, atol=1e-7)
+
+
+def test_odin_tunes_the_magnitude_on_the_grid():
+    model = Linear(K)
+    x, y = batch(40)
+    det = ODIN(K, ODIN.Config(grid_max=0.001))
+    data = FitData(train=None, tune_in=_set(x, y), tune_aux=_set(batch(40, 9)[0]), device=torch.device("cpu"))
+    det.fit(model, data)
+    assert det.magnitude in {0.0, 0.0002, 0.0004, 0.0006, 0.0008, 0.001}
+    assert set(det.tuning) == {"0.0000", "0.0002", "0.0004", "0.0006", "0.0008", "0.0010"}
+    assert det.tuning[f"{det.magnitude:.4f}"] == min(det.tuning.values())
+
+
+def _set(x, y=None):
+    from oodbench.data.base import ImageSet
+
+    return ImageSet((x * 255).round().to(torch.uint8), y)
+
+
+def test_mahalanobis_gaussian_scores_match_numpy_and_fit_runs():
+    f = torch.randn(5, 3)
+    means = torch.randn(2, 3)
+    a = torch.randn(3, 3)
+    precision = a @ a.T + torch.eye(3)
+    got = gaussian_scores(f, means, precision)
+    fn, mn, pn = f.double().numpy(), means.double().numpy(), precision.double().numpy()
+    expected = np.array([[-0.5 * (fi - mc) @ pn @ (fi - mc) for mc in mn] for fi in fn])
+    assert np.allclose(got.numpy(), expected, atol=1e-4)
+
+    model = Linear(K)
+    x, y = batch(80, seed=4)
+    det = Mahalanobis(K, Mahalanobis.Config(magnitudes=(0.0, 0.01)))
+    det.fit(
+        model,
+        FitData(
+            train=_set(x, y), tune_in=_set(*batch(40, seed=5)), tune_aux=None, device=torch.device("cpu"), batch_size=16
+        ),
+    )
+    assert len(det.means) == 4 and det.weight.shape == (4,)
+    assert det.magnitude in (0.0, 0.01)
+    s = det.score(model, x[:8])
+    assert s.shape == (8,) and ((s <= 0) & (s >= -1)).all()  # -P(OOD)
+    # the batched per-layer preprocessing equals the released per-layer loop
+    layer = det._layer_scores(model, x[:8], 0.01)
+    for i in range(4):
+        x_req = x[:8].clone().requires_grad_(True)
+        g = gaussian_scores(_pooled(model, x_req)[i], det.means[i], det.precisions[i])
+        (grad,) = torch.autograd.grad((-g.max(1).values).mean(), x_req)
+        with torch.no_grad():
+            g2 = gaussian_scores(_pooled(model, x[:8] - 0.01 * ge_sign(grad))[i], det.means[i], det.precisions[i])
+        assert torch.allclose(layer[:, i], g2.max(1).values, rtol=1e-4, atol=1e-3)
+    # eq. 69 objective: -log sigmoid(w.M + b)
+    m0 = det._layer_scores(model, x[:8], 0.0)
+    expected = -F.logsigmoid(m0 @ det.weight + det.bias)
+    assert torch.allclose(det.attack_objective(model, x[:8]).detach(), expected, atol=1e-4)
+
+
+def _pooled(model, x):
+    from baselines.mahalanobis import pooled_features
+
+    return pooled_features(model, x)
+
+
+def test_ccu_mixtures_are_finite_and_dr_reduces_to_softmax_without_p_out():
+    torch.manual_seed(0)
+    base = Linear(K)
+    net = CCUNet(base, components=3, dim=48)
+    x = torch.rand(30, 3, 4, 4)
+    net.whiten.fit(x.flatten(1))
+    net.gmm_in.fit(net.whiten(x.flatten(1)), seed=0)
+    net.gmm_out.fit(net.whiten(torch.rand(30, 48)), seed=1)
+    log_in, log_out = net.densities(x)
+    assert torch.isfinite(log_in).all() and torch.isfinite(log_out).all()
+    logits = base(x)
+    # p_out = 0 (log p_out = -inf): DR(y|x) = softmax_y
+    dr = net.log_dr(logits, log_in, torch.full_like(log_out, -math.inf)).exp()
+    assert torch.allclose(dr, F.softmax(logits, 1), atol=1e-6)
+    # p_in = 0: DR is uniform
+    dr = net.log_dr(logits, torch.full_like(log_in, -math.inf), log_out).exp()
+    assert torch.allclose(dr, torch.full_like(dr, 1 / K), atol=1e-6)
+    assert torch.allclose(net(x).exp().sum(1), torch.ones(30), atol=1e-5)
+    # the out-variance clamp
+    det = CCU(K, CCU.Config(components=3))
+    with torch.no_grad():
+        net.gmm_out.log_var.fill_(-50.0)
+    det.after_step(net)
+    assert (net.gmm_out.log_var >= net.gmm_in.log_var.max() + math.log(4) - 1e-6).all()
+
+
+def test_ccu_loss_equals_formula():
+    torch.manual_seed(0)
+    net = CCUNet(Linear(K), components=2, dim=48)
+    x, y = batch(6)
+    x_out = batch(4, seed=7)[0]
+    net.whiten.fit(torch.cat([x, x_out]).flatten(1))
+    net.gmm_in.fit(net.whiten(x.flatten(1)), 0)
+    net.gmm_out.fit(net.whiten(x_out.flatten(1)), 1)
+    det = CCU(K, CCU.Config(components=2))
+    li, lo = net.densities(torch.cat([x, x_out]))
+    log_dr = net.log_dr(net.base(torch.cat([x, x_out])), li, lo)
+    mix = torch.logaddexp(li, lo) - math.log(2)  # log(p_in/2 + p_out/2)
+    expected = 0.5 * (-log_dr[:6].gather(1, y[:, None]).mean() - mix[:6].mean()) + 0.5 * (
+        -log_dr[6:].mean() - mix[6:].mean()
+    )
+    assert torch.allclose(det.loss(net, x, y, x_out), expected, atol=1e-4)
+
+
+def test_pca_whitening_and_spherical_gmm_shapes():
+    w = PCAWhitening(6)
+    x = torch.randn(50, 6) * torch.tensor([1, 2, 3, 4, 5, 1e-9])
+    w.fit(x)
+    z = w(x)
+    assert torch.isfinite(z).all() and z.shape == (50, 6)
+    gmm = SphericalGMM(4, 6)
+    gmm.fit(z, seed=0)
+    assert gmm.log_var.unique().numel() == 1  # every variance set to their mean
+    assert torch.isfinite(gmm.log_density(z)).all()
