@@ -31,6 +31,8 @@ class AttackContext:
     cache_dir: Path | None = None
     workers: int | None = None  # processes generating corruption variants (None: all cores)
     adaptive: bool = False  # `strong` protocol: adaptive attacks on the deployed score
+    apgd_steps: int = 100  # `strong` protocol: APGD iterations and restarts per objective
+    apgd_restarts: int = 5
     progress: bool = True
     label: str = ""  # names the cell in progress bars
     #: per-detector memo shared by the cells of one detector (the corruption search of `comp` reuses the one of

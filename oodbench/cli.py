@@ -216,6 +216,10 @@ def cmd_run(args) -> int:
     from oodbench.runner import run
 
     options = run_options(args)
+    if args.launcher != "local" or args.gpus:
+        from oodbench.launch import launch
+
+        return launch(options, args)
     started = time.time()
     run_dir = run(options, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(f"\nrun directory: {run_dir}  (wall time {time.time() - started:.1f} s)")
@@ -272,6 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train what is missing and evaluate a grid of cells")
     add_run_arguments(run)
     run.add_argument("--train-only", action="store_true", help="train the networks, evaluate nothing")
+    scale = run.add_argument_group("scale-out (see oodbench.launch)")
+    scale.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default="local",
+        help="local: this process; slurm: the cells as a SLURM job array through submitit",
+    )
+    scale.add_argument(
+        "--gpus", type=_csv, default=None, help="run cells in parallel, one process per GPU, e.g. 0,1,2,3"
+    )
+    scale.add_argument("--slurm-partition", default=None)
+    scale.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per job")
+    scale.add_argument("--slurm-gpus-per-job", type=int, default=1)
+    scale.add_argument("--slurm-folder", default=None, help="submitit logs (default: RUN_DIR/slurm)")
     run.set_defaults(func=cmd_run)
 
     table = sub.add_parser("table", help="render results of run directories")

@@ -66,6 +66,8 @@ class Profile:
     eval_batch: int = 500
     pgd: PGDConfig = PGDConfig()
     train_pgd: PGDConfig = PGDConfig(steps=5, step_size=2 / 255)
+    apgd_steps: int = 100  # `strong` protocol: APGD iterations and restarts per objective (SPEC section 6)
+    apgd_restarts: int = 5
 
     def schedule(self, kind: str) -> tuple[int, tuple[int, ...]]:
         """(epochs, milestones) for an in-dist schedule kind ("cifar" or "svhn")."""
@@ -99,6 +101,8 @@ PROFILES = {
         max_ood=300,
         gmm_components=20,
         eval_batch=256,
+        apgd_steps=25,
+        apgd_restarts=1,
     ),
 }
 

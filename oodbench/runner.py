@@ -416,6 +416,8 @@ def _attack_context(
         corruption_seed=options.seed,
         cache_dir=cache / "variants",
         adaptive=protocol.adaptive,
+        apgd_steps=profile.apgd_steps,
+        apgd_restarts=profile.apgd_restarts,
         progress=options.progress,
     )
 
