@@ -17,6 +17,7 @@ import torch
 from attacks.base import AttackContext, ThreatModel, to_unit
 from attacks.corruptions import variant_list, variants_for
 from attacks.linf import pgd_scores
+from attacks.strong import apgd_config
 from oodbench.progress import progress
 from oodbench.registry import register_threat
 
@@ -88,7 +89,12 @@ class CompositionalAttack(ThreatModel):
     white_box = True
 
     def config(self, ctx):
-        return {"suite": ctx.corruption_suite, "seed": ctx.corruption_seed, "pgd": dataclasses.asdict(ctx.pgd)}
+        return {
+            "suite": ctx.corruption_suite,
+            "seed": ctx.corruption_seed,
+            "pgd": dataclasses.asdict(ctx.pgd),
+            **apgd_config(ctx),
+        }
 
     def scores(self, detector, model, images, ctx):
         chosen = corruption_search(detector, model, images, ctx)

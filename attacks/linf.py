@@ -8,6 +8,7 @@ import torch
 
 from attacks.base import AttackContext, ThreatModel, start_noise_for_set, to_unit
 from attacks.pgd import pgd_linf
+from attacks.strong import apgd_config, strong_scores
 from oodbench.progress import progress
 from oodbench.registry import register_threat
 
@@ -16,8 +17,11 @@ def pgd_scores(detector, model, images: torch.Tensor, ctx: AttackContext, desc: 
     """Deployed scores after PGD on `images` (uint8 [N, 3, H, W], float sources), batched.
 
     The random starts of the whole set are drawn once from the cell's seed, so the numbers do not depend
-    on the batch size.
+    on the batch size. Under the `strong` protocol (`ctx.adaptive`) this is `attacks.strong.strong_scores`: the
+    per-sample worst case over this PGD and APGD on several objectives (SPEC section 6).
     """
+    if ctx.adaptive:
+        return strong_scores(detector, model, images, ctx, desc)
     model.eval()
     noises = start_noise_for_set(len(images), tuple(images.shape[1:]), ctx.pgd, ctx.seed, images.device)
     out = []
@@ -43,7 +47,7 @@ class LinfPGD(ThreatModel):
     white_box = True
 
     def config(self, ctx):
-        return {"pgd": dataclasses.asdict(ctx.pgd)}
+        return {"pgd": dataclasses.asdict(ctx.pgd), **apgd_config(ctx)}
 
     def scores(self, detector, model, images, ctx):
         return pgd_scores(detector, model, images, ctx, f"linf {ctx.label}")
