@@ -48,6 +48,7 @@ class ODIN(Detector):
 
     name = "odin"
     recipe = "vanilla"
+    tunes_on_aux = True
     Config = ODINConfig
 
     @classmethod

@@ -47,7 +47,9 @@ def read_baseline(baseline: str | Path) -> pd.DataFrame:
     frame = pd.read_csv(path)
     missing = [c for c in TIDY_COLUMNS if c not in frame.columns]
     if missing:
-        raise ConfigError(f"baseline CSV '{path}' lacks the columns {missing}; write it with `oodbench table --format csv`")
+        raise ConfigError(
+            f"baseline CSV '{path}' lacks the columns {missing}; write it with `oodbench table --format csv`"
+        )
     return frame[TIDY_COLUMNS]
 
 
@@ -79,8 +81,12 @@ def paper_frame(cells: pd.DataFrame) -> pd.DataFrame:
         table = paper_reference(in_dist, info.get("arch", ""), info.get("aux"))
         if table is None:
             continue
-        match = paper[(paper["table"] == table) & (paper["in_dist"] == in_dist) & (paper["method"] == method)
-                      & (paper["ood_set"] == "average")]
+        match = paper[
+            (paper["table"] == table)
+            & (paper["in_dist"] == in_dist)
+            & (paper["method"] == method)
+            & (paper["ood_set"] == "average")
+        ]
         rows.append(match[["in_dist", "method", "ood_set", "threat", "metric", "value"]])
     if not rows:
         raise ConfigError("the paper reports none of these settings (in-dist, architecture, auxiliary set)")
@@ -148,8 +154,12 @@ def register(sub) -> None:
     parser.add_argument("run_dir")
     parser.add_argument("--against", required=True, help="a run directory, a tidy CSV, or 'paper'")
     parser.add_argument("--tol", type=float, default=0.0, help="tolerance in percentage points (default 0)")
-    parser.add_argument("--metrics", type=lambda s: [m for m in s.split(",") if m], default=None,
-                        help="compare only these metrics (default: all in both)")
+    parser.add_argument(
+        "--metrics",
+        type=lambda s: [m for m in s.split(",") if m],
+        default=None,
+        help="compare only these metrics (default: all in both)",
+    )
     parser.add_argument("--update", action="store_true", help="rewrite the CSV baseline from this run")
     parser.set_defaults(func=cmd_check)
 

@@ -289,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--slurm-partition", default=None)
     scale.add_argument("--slurm-time", type=int, default=24 * 60, help="minutes per job")
     scale.add_argument("--slurm-gpus-per-job", type=int, default=1)
+    scale.add_argument("--slurm-cpus-per-job", type=int, default=None, help="CPU cores per job (corruption generation)")
+    scale.add_argument("--slurm-mem-gb", type=int, default=None, help="memory per job in GB")
     scale.add_argument("--slurm-folder", default=None, help="submitit logs (default: RUN_DIR/slurm)")
     run.set_defaults(func=cmd_run)
 

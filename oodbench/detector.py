@@ -85,6 +85,8 @@ class Detector:
     extra_outputs: ClassVar[int] = 0
     #: trains with auxiliary outliers (the run then needs an auxiliary pool)
     uses_aux: ClassVar[bool] = False
+    #: tunes post-hoc parameters on auxiliary images (ODIN's magnitude)
+    tunes_on_aux: ClassVar[bool] = False
     #: a fixed acceptance threshold (ROWL's binary decision, SPEC section 1); None = 95 % TPR on in-dist
     fixed_threshold: ClassVar[float | None] = None
     #: hyper-parameters with the paper's defaults; `--set name.field=value` overrides them

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is fsynced and renamed onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_OWNER}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -30,6 +31,38 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")
+
+
+_OWNER = f"{_host()}-{os.getpid()}"
+
+
+def remove_stale_temporaries(folder: Path | str) -> int:
+    """Delete temp files left below `folder` by killed processes of this host (their pid is gone); returns how
+    many. Temp files of live processes (another worker writing into the same run) are left alone."""
+    host = _host()
+    removed = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        owner = tmp.name.rsplit(".", 3)[-3] if tmp.name.count(".") >= 3 else ""
+        owner_host, _, pid = owner.rpartition("-")
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: Path | str, data: Any) -> None:

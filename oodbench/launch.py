@@ -74,6 +74,7 @@ class Job:
     labels: list[str] = field(default_factory=list)  # method/ood_set/threat of those cells, for messages
     train_keys: list[str] = field(default_factory=list)  # networks it trains (phase 1)
     env: dict[str, str] = field(default_factory=dict)  # set in the worker before planning
+    threads: int | None = None  # torch CPU threads of the worker (None: torch's default)
 
     def describe(self) -> str:
         """What the job does, in words."""
@@ -314,6 +315,10 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     def log(message: str) -> None:
         print(message, flush=True)
 
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
     started = time.time()
     plan = plan_run(RunOptions(**job.options), log)
     log(f"[launch] {job.name} on {plan.device}: {job.describe()}")
@@ -438,7 +443,8 @@ def run_processes(
     """Run `jobs` as worker processes, at most one at a time per device slot; returns their outcomes in order.
 
     Each worker is a fresh interpreter (`python -m oodbench.launch SPEC`) with CUDA_VISIBLE_DEVICES set to its
-    device and its output in `folder/<job>.log`. An interrupt stops the workers this function started.
+    device, the cores divided between the slots (OMP_NUM_THREADS, unless the user set it) and its output in
+    `folder/<job>.log`. An interrupt stops the workers this function started.
     """
     folder.mkdir(parents=True, exist_ok=True)
     queue = list(jobs)
@@ -446,18 +452,23 @@ def run_processes(
     running: dict[int, tuple[Job, subprocess.Popen, Any, float]] = {}
     outcomes: dict[str, JobOutcome] = {}
     package_root = str(Path(__file__).resolve().parents[1])  # workers import this very oodbench
+    # the workers share the cores: without a limit each would start one thread per core (oversubscription);
+    # the user's OMP_NUM_THREADS wins
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // len(devices)))
     try:
         while queue or running:
             while queue and free:
                 slot, job = free.pop(0), queue.pop(0)
                 torch_device, visible = devices[slot]
                 job.options["device"] = torch_device
+                job.threads = threads
                 if job_hook is not None:
                     job_hook(job)
                 spec, log_path = folder / f"{job.name}.json", folder / f"{job.name}.log"
                 spec.write_text(json.dumps(dataclasses.asdict(job), indent=2))
                 env = {
                     **os.environ,
+                    "OMP_NUM_THREADS": str(threads),
                     **job.env,
                     "CUDA_VISIBLE_DEVICES": visible,
                     "PYTHONUNBUFFERED": "1",
@@ -532,7 +543,9 @@ def _report_failures(outcomes: Sequence[JobOutcome], plan: RunPlan, log: Log, bl
             what = f"cells {', '.join(unfinished) or '(all written)'}"
         log(f"  {job.name}: {what}\n    {outcome.detail}\n    log: {outcome.log}")
     if blocked:
-        log(f"  not started (they need the trained networks): {sum(len(j.cells) for j in blocked)} cell(s)")
+        labels = [label for job in blocked for label in job.labels]
+        shown = ", ".join(labels[:20]) + (f" and {len(labels) - 20} more" if len(labels) > 20 else "")
+        log(f"  not started, as their networks are not trained: {len(labels)} cell(s): {shown}")
     log("rerun the same command to retry: trained networks and finished cells are kept")
     return 1
 
@@ -597,15 +610,22 @@ def _submit_and_wait(
 ) -> list[JobOutcome]:
     """Submit `jobs` as one job array, print how to watch them, wait, and collect their outcomes."""
     for job in jobs:
+        if executor.cluster == "local":  # the jobs share this machine's cores (SLURM gives each its own)
+            job.threads = max(1, (os.cpu_count() or 1) // len(jobs))
         if job_hook is not None:
             job_hook(job)
-    executor.update_parameters(
-        name=f"oodbench-{phase}",
-        timeout_min=int(getattr(args, "slurm_time", 24 * 60)),
-        gpus_per_node=gpus,
-        slurm_partition=getattr(args, "slurm_partition", None),
-        slurm_array_parallelism=len(jobs),
-    )
+    parameters = {
+        "name": f"oodbench-{phase}",
+        "timeout_min": int(getattr(args, "slurm_time", 24 * 60)),
+        "gpus_per_node": gpus,
+        "slurm_partition": getattr(args, "slurm_partition", None),
+        "slurm_array_parallelism": len(jobs),
+    }
+    if getattr(args, "slurm_cpus_per_job", None):  # corruption variants are generated on the job's CPUs
+        parameters["cpus_per_task"] = int(args.slurm_cpus_per_job)
+    if getattr(args, "slurm_mem_gb", None):
+        parameters["mem_gb"] = int(args.slurm_mem_gb)
+    executor.update_parameters(**parameters)
     submitted = executor.map_array(run_job, [dataclasses.asdict(job) for job in jobs])
     array = str(submitted[0].job_id).split("_")[0]
     log(f"  submitted {len(submitted)} job(s) ({executor.cluster}): {', '.join(str(s.job_id) for s in submitted)}")

@@ -34,7 +34,8 @@ from oodbench.data import load_aux, load_in_distribution, load_ood
 from oodbench.data.base import AuxPool, ImageSet, InDistribution
 from oodbench.detector import BuildContext, Detector, FitData
 from oodbench.errors import CheckpointError, ConfigError
-from oodbench.io import read_json, write_json, write_npz
+from oodbench.faults import crash_point
+from oodbench.io import read_json, remove_stale_temporaries, write_json, write_npz
 from oodbench.locks import file_lock
 from oodbench.metrics import id_metrics, ood_metrics, threshold_at_tpr
 from oodbench.provenance import config_hash, environment
@@ -218,7 +219,7 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
     detectors_cls = {m: DETECTORS.get(m) for m in methods}
     needs_aux = any(cls.uses_aux for cls in detectors_cls.values())
     aux_name = options.aux or in_dist.default_aux
-    needs_tuning_aux = any(m == "odin" for m in methods)
+    needs_tuning_aux = any(cls.tunes_on_aux for cls in detectors_cls.values())
     aux = None
     if needs_aux or (needs_tuning_aux and aux_name):
         if aux_name is None:
@@ -308,7 +309,9 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
                 "config": config_dict,
                 "tune": protocol.tune_split,
                 "ccu": protocol.ccu_score,
-                "aux": data_record["aux"]["fingerprint"] if aux is not None else None,
+                "aux": data_record["aux"]["fingerprint"]
+                if aux is not None and (cls.uses_aux or cls.tunes_on_aux)
+                else None,
             }
         )
         method_plans.append(
@@ -486,6 +489,9 @@ def _update_run_json(plan: RunPlan, timings: dict[str, float] | None = None) -> 
 def execute(plan: RunPlan, log: Callable[[str], None] = print) -> None:
     """Run a plan: one direction of data flow, skipping everything already finished."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temporaries(plan.run_dir)
+    if removed:
+        log(f"removed {removed} partial file(s) left by a killed run")
     _update_run_json(plan)
     ood_on_device = {name: s.images.to(plan.device) for name, s in plan.ood_sets.items()}
     cells_by_method: dict[str, list[CellPlan]] = {}
@@ -493,6 +499,8 @@ def execute(plan: RunPlan, log: Callable[[str], None] = print) -> None:
         cells_by_method.setdefault(cell.method, []).append(cell)
     models: dict[str, torch.nn.Module] = {}
     for method in plan.methods:
+        if plan.options.only_cells is not None and not plan.options.train_only and method.name not in cells_by_method:
+            continue  # a job restricted to other methods' cells: nothing of this one to load or train
         timings: dict[str, float] = {}
         started = time.time()
         if method.train_key not in models:
@@ -620,6 +628,11 @@ def tuning_data(plan: RunPlan) -> tuple[ImageSet, ImageSet | None]:
 def in_distribution_scores(plan: RunPlan, method: MethodPlan, model) -> dict[str, Any]:
     """Clean in-dist test scores and predictions, computed once per detector and cached."""
     base = plan.run_dir / "id" / f"{method.name}-{method.fit_key}-{plan.test.fingerprint()[:12]}"
+    with file_lock(base.with_suffix(".lock")):  # several workers of one method compute them once
+        return _in_distribution_scores(plan, method, model, base)
+
+
+def _in_distribution_scores(plan: RunPlan, method: MethodPlan, model, base: Path) -> dict[str, Any]:
     npz = base.with_suffix(".npz")
     if npz.exists():
         with np.load(npz) as data:
@@ -666,6 +679,7 @@ def evaluate_cell(
     if memo is not None:
         ctx.memo = memo
     ood_scores = threat.scores(method.detector, model, images, ctx).float().cpu().numpy()
+    crash_point(f"attack:{cell.threat}")
     detector = method.detector
     metrics = ood_metrics(id_record["scores"], ood_scores, threshold=detector.fixed_threshold)
     id_part = id_metrics(
@@ -684,6 +698,7 @@ def evaluate_cell(
         "device": str(plan.device),
     }
     write_npz(plan.run_dir / "cells" / f"{cell.key}.npz", ood_scores=ood_scores.astype(np.float32))
+    crash_point(f"write:{cell.threat}")
     write_json(plan.run_dir / "cells" / f"{cell.key}.json", row)
     log(
         f"[{method.name}] {cell.ood_set:>14s} {cell.threat:<10s} "

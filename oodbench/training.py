@@ -27,6 +27,7 @@ from oodbench.checkpoint import check_meta, load_checkpoint, save_checkpoint, tr
 from oodbench.data import random_crop_flip
 from oodbench.detector import BuildContext, Detector, Stage
 from oodbench.errors import CheckpointError
+from oodbench.faults import crash_point
 from oodbench.io import write_json
 from oodbench.mining import mine_outliers, mining_record, plot_mining_log, sample_positions
 from oodbench.models import create_model
@@ -94,6 +95,7 @@ def train(job: TrainingJob) -> nn.Module:
     """Train `job.detector`'s network, resuming from `directory/last.pt` and reusing `directory/final.pt`."""
     device = job.ctx.device
     final_path = job.directory / "final.pt"
+    torch.manual_seed(derive_seed(job.seed, "weights"))  # the initial weights are part of the seed's identity
     model = build_network(job)
     if final_path.exists():
         payload = load_checkpoint(final_path)
@@ -133,6 +135,7 @@ def train(job: TrainingJob) -> nn.Module:
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = learning_rate(base, epoch, stage.milestones)
             record = run_epoch(job, model, optimizer, stage, stage_index, epoch, mining_log)
+            crash_point(f"train:{stage.name}:{epoch}")
             history.append(record)
             job.log(
                 f"[{job.meta['method']}] {stage.name} epoch {epoch + 1}/{stage.epochs}: loss {record['loss']:.4f} "
@@ -216,6 +219,7 @@ def epoch_outliers(
     candidates = augment_in_chunks(aux.get(positions), generator, device)
     scores = score_candidates(job.detector, model, candidates, job.ctx.profile.eval_batch)
     selected = mine_outliers(scores, config.q, n)
+    crash_point(f"mining:{stage.name}:{epoch}")
     record = mining_record(scores, selected, with_replacement)
     mining_log.append(
         {
