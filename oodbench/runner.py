@@ -475,15 +475,42 @@ def run(options: RunOptions, log: Callable[[str], None] = print) -> Path:
     return plan.run_dir
 
 
-def _update_run_json(plan: RunPlan, timings: dict[str, float] | None = None) -> None:
+def _update_run_json(
+    plan: RunPlan, timings: dict[str, float] | None = None, method_facts: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """Merge this process's record into run.json (locked: several workers may share a run directory)."""
     path = plan.run_dir / "run.json"
     with file_lock(plan.run_dir / ".run.json.lock"):
         record = read_json(path) if path.exists() else {**plan.record, "environment": environment(str(plan.device))}
-        record.setdefault("methods", {}).update(plan.record["methods"])
+        methods = record.setdefault("methods", {})
+        for name, entry in plan.record["methods"].items():
+            methods[name] = {**methods.get(name, {}), **entry}
+        for name, facts in (method_facts or {}).items():
+            methods.setdefault(name, {}).update(facts)
         record.setdefault("data", {}).setdefault("ood", {}).update(plan.record["data"]["ood"])
         if timings:
             record.setdefault("timings", {}).update(timings)
         write_json(path, record)
+
+
+def checkpoint_facts(plan: RunPlan, method: MethodPlan) -> dict[str, Any]:
+    """Provenance of a method's network: checkpoint file and sha256, and what its outlier mining did."""
+    path = method.checkpoint or method.checkpoint_dir / "final.pt"
+    facts: dict[str, Any] = {"checkpoint_file": str(path)}
+    if path.exists():
+        facts["checkpoint_sha256"] = file_sha256(path)
+    mining = method.checkpoint_dir / "mining.json"
+    if mining.exists():
+        log = read_json(mining)
+        facts["mining"] = {
+            "epochs": len(log),
+            "q": log[0]["q"] if log else None,
+            "n": log[0]["n"] if log else None,
+            "candidates": log[0]["candidates"] if log else None,
+            "with_replacement": any(entry["with_replacement"] for entry in log),
+            "plot": str(method.checkpoint_dir / "mining.png"),
+        }
+    return facts
 
 
 def execute(plan: RunPlan, log: Callable[[str], None] = print) -> None:
@@ -499,22 +526,22 @@ def execute(plan: RunPlan, log: Callable[[str], None] = print) -> None:
         cells_by_method.setdefault(cell.method, []).append(cell)
     models: dict[str, torch.nn.Module] = {}
     for method in plan.methods:
-        if plan.options.only_cells is not None and not plan.options.train_only and method.name not in cells_by_method:
+        method_cells = cells_by_method.get(method.name, [])
+        if plan.options.only_cells is not None and not plan.options.train_only and not method_cells:
             continue  # a job restricted to other methods' cells: nothing of this one to load or train
+        pending = [c for c in method_cells if not (plan.run_dir / "cells" / f"{c.key}.json").exists()]
+        if not pending and not plan.options.train_only:
+            log(f"[{method.name}] all {len(method_cells)} cells finished; nothing to do")
+            continue
         timings: dict[str, float] = {}
         started = time.time()
         if method.train_key not in models:
             models[method.train_key] = obtain_model(plan, method, log)
         model = models[method.train_key]
         timings[f"{method.name}/train_or_load"] = time.time() - started
+        facts = {method.name: checkpoint_facts(plan, method)}
         if plan.options.train_only:
-            _update_run_json(plan, timings)
-            continue
-        pending = [
-            c for c in cells_by_method.get(method.name, []) if not (plan.run_dir / "cells" / f"{c.key}.json").exists()
-        ]
-        if not pending:
-            log(f"[{method.name}] all {len(cells_by_method.get(method.name, []))} cells finished; nothing to do")
+            _update_run_json(plan, timings, facts)
             continue
         started = time.time()
         fit_detector(plan, method, model, log)
@@ -529,7 +556,7 @@ def execute(plan: RunPlan, log: Callable[[str], None] = print) -> None:
             started = time.time()
             evaluate_cell(plan, method, model, cell, id_record, ood_on_device[cell.ood_set], log, memo)
             timings[f"{method.name}/{cell.ood_set}/{cell.threat}"] = time.time() - started
-        _update_run_json(plan, timings)
+        _update_run_json(plan, timings, facts)
 
 
 def obtain_model(plan: RunPlan, method: MethodPlan, log) -> torch.nn.Module:
