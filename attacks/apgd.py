@@ -146,13 +146,15 @@ def apgd_linf(
                 else:
                     x_next = project(x_cur + ALPHA * (z - x_cur) + (1.0 - ALPHA) * (x_cur - x_prev))
                 x_prev, x_cur = x_cur, x_next
-                obj, grad = _value_and_grad(objective, x_cur)
+                obj, new_grad = _value_and_grad(objective, x_cur, grad=k + 1 < steps)  # none after the last step
+                grad = new_grad if new_grad is not None else grad
                 successes += (obj > prev_obj).float()
                 prev_obj = obj
                 improved = obj > run_obj
                 run_obj = torch.where(improved, obj, run_obj)
                 run_x[improved] = x_cur[improved]
-                run_grad[improved] = grad[improved]
+                if new_grad is not None:
+                    run_grad[improved] = new_grad[improved]
                 if k + 1 in checkpoints:
                     period = k + 1 - last_check
                     condition1 = successes < RHO * period
