@@ -60,7 +60,8 @@ def compare(run: pd.DataFrame, baseline: pd.DataFrame, tol: float, metrics: list
         baseline = baseline[baseline["metric"].isin(metrics)]
     merged = run.merge(baseline, on=KEY, how="outer", suffixes=("_run", "_baseline"), indicator=True)
     both = merged[merged["_merge"] == "both"].copy()
-    both["diff"] = both["value_run"] - both["value_baseline"]
+    # compared at the precision CSV baselines are written with (4 decimals of a percentage)
+    both["diff"] = both["value_run"].round(4) - both["value_baseline"].round(4)
     moved = both[both["diff"].abs() > tol + 1e-9]
     return CheckResult(
         compared=len(both),

@@ -112,6 +112,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-ood", type=int, default=None, help="override the profile's images per OOD set")
     parser.add_argument("--max-train", type=int, default=None, help="override the profile's in-dist training images")
     parser.add_argument("--cache-dir", default=None, help="cache of corruption variants (default: ~/.cache/oodbench)")
+    parser.add_argument(
+        "--attack-id",
+        action="store_true",
+        help="also attack in-dist test images towards OOD and report the FNR under attack",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -151,6 +156,7 @@ def run_options(args: argparse.Namespace):
         epochs=args.epochs,
         max_ood=args.max_ood,
         max_train=args.max_train,
+        attack_id=args.attack_id,
     )
     return options
 

@@ -199,13 +199,14 @@ class Detector:
         return self.attack_objective(model, x)
 
     def margin_objective(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """A second, margin-style objective for the `strong` protocol (default: max in-dist logit minus
-        the largest other logit among the method's extra outputs, or minus the mean logit for K-way heads)."""
+        """A second, margin-style objective for the `strong` protocol: the largest in-dist logit minus the
+        largest other logit (the method's extra outputs for K+R heads; the runner-up class for K-way heads,
+        whose growth raises the max softmax, unlike the mean-logit gap of eq. 68)."""
         logits = model(x)
-        top_in = logits[:, : self.num_classes].max(dim=1).values
         if self.extra_outputs:
-            return top_in - logits[:, self.num_classes :].max(dim=1).values
-        return top_in - logits.mean(dim=1)
+            return logits[:, : self.num_classes].max(dim=1).values - logits[:, self.num_classes :].max(dim=1).values
+        top2 = logits[:, : self.num_classes].topk(2, dim=1).values
+        return top2[:, 0] - top2[:, 1]
 
 
 # ----- losses shared by several detectors --------------------------------------------------------------

@@ -77,6 +77,7 @@ class RunOptions:
     epochs: int | None = None  # overrides the profile's schedule (milestones at 50/75/90 %)
     max_ood: int | None = None  # overrides the profile's images per OOD set
     max_train: int | None = None  # overrides the profile's in-dist training images
+    attack_id: bool = False  # also attack in-dist test images (towards OOD) and report the FNR under attack
     progress: bool = True
     only_cells: list[str] | None = None  # evaluate just these cell keys (job arrays)
 
@@ -549,6 +550,10 @@ def execute(plan: RunPlan, log: Callable[[str], None] = print) -> None:
         started = time.time()
         id_record = in_distribution_scores(plan, method, model)
         timings[f"{method.name}/id_scores"] = time.time() - started
+        if plan.options.attack_id:
+            started = time.time()
+            in_distribution_under_attack(plan, method, model, id_record, log)
+            timings[f"{method.name}/id_attack"] = time.time() - started
         memo: dict = {}  # shared by this detector's cells (e.g. comp reuses the corruption search)
         for cell in sorted(
             pending, key=lambda c: (c.ood_set, THREAT_ORDER.index(c.threat) if c.threat in THREAT_ORDER else 9)
@@ -685,6 +690,44 @@ def _in_distribution_scores(plan: RunPlan, method: MethodPlan, model, base: Path
         {"method": method.name, "in_dist": plan.in_dist.name, **metrics, "n": len(record["scores"])},
     )
     return record
+
+
+def in_distribution_under_attack(plan: RunPlan, method: MethodPlan, model, id_record: dict[str, Any], log) -> float:
+    """FNR of in-dist test images attacked towards OOD (`--attack-id`; SPEC section 6, `strong`), at the clean
+    threshold; cached per detector and attack setting, and added to the detector's in-dist record."""
+    from attacks.strong import attack_in_distribution
+
+    ctx = _attack_context(plan.options, plan.protocol, plan.profile, plan.pgd, plan.device, plan.run_dir)
+    ctx.seed = derive_seed(plan.options.seed, "in-dist")
+    ctx.label = f"{method.name}/in-dist"
+    setting = config_hash(
+        {
+            "pgd": dataclasses.asdict(plan.pgd),
+            "adaptive": ctx.adaptive,
+            "apgd": [ctx.apgd_steps, ctx.apgd_restarts],
+            "seed": ctx.seed,
+        }
+    )
+    base = plan.run_dir / "id" / f"{method.name}-{method.fit_key}-{plan.test.fingerprint()[:12]}"
+    path = base.parent / f"{base.name}-attack-{setting}.npz"
+    detector = method.detector
+    threshold = (
+        detector.fixed_threshold if detector.fixed_threshold is not None else threshold_at_tpr(id_record["scores"])
+    )
+    if path.exists():
+        with np.load(path) as data:
+            attacked = data["scores"]
+    else:
+        attacked = attack_in_distribution(detector, model, plan.test.images.to(plan.device), ctx).float().cpu().numpy()
+        write_npz(path, scores=attacked.astype(np.float32))
+    fnr = 100.0 * float(np.mean(attacked <= threshold))
+    with file_lock(base.with_suffix(".lock")):
+        record = read_json(base.with_suffix(".json"))
+        record.update(fnr_under_attack=fnr, id_attack_setting=setting)
+        write_json(base.with_suffix(".json"), record)
+    clean_fnr = 100.0 * float(np.mean(id_record["scores"] <= threshold))
+    log(f"[{method.name}] in-dist under attack: FNR {fnr:.2f} % (clean {clean_fnr:.2f} %)")
+    return fnr
 
 
 def evaluate_cell(
