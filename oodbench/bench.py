@@ -92,7 +92,7 @@ class BenchConfig:
     arch: str = "small_cnn"
     device: str = "cpu"
     batch_sizes: tuple[int, ...] | None = None  # raw sweep (None: 32..1024 on CPU, 64..4096 on GPU)
-    eval_batch: int = 500  # the suite's evaluation batch (profile `paper`: 500)
+    eval_batch: int | None = None  # the suite's evaluation batch (None: profile `paper`'s 500 on GPU, `smoke`'s on CPU)
     n_ood: int = 1000  # OOD images available to the throughput stages
     stage_seconds: float = 4.0  # target seconds of one repetition of a stage (sizes each stage)
     repeats: int = 3  # repetitions per stage (median)
@@ -104,14 +104,16 @@ class BenchConfig:
     train_steps: int = 4  # SGD steps per timed training epoch
     reference: bool = True
     ref_ood: int = 100  # N OOD images of the reference comparison
-    ref_id: int = 500  # M in-dist images of the reference comparison
+    ref_id: int | None = None  # M in-dist images there (None: N x 10,000 / 54,565, CIFAR-10's in-dist : OOD ratio)
     ref_pgd_steps: int = 40  # the paper's 40 x 1/255
     memory: bool = True
-    memory_images: int = 500
+    memory_images: int = 200
+    memory_repeats: int = 2  # searches per suite (alternating; the max is kept)
+    train_batch_divisor: int = 1  # --quick: the training batches divided by this (same code path, less work)
     training: bool = True
     project: bool = False
     threads: int | None = None
-    cache_dir: str | None = None  # variant cache (None: a fresh temporary folder, so generation is measured)
+    cache_dir: str | None = None  # where the fresh, temporary variant caches go (None: the system's temp folder)
     quick: bool = False
 
     @classmethod
@@ -132,6 +134,8 @@ class BenchConfig:
             ref_id=50,
             ref_pgd_steps=2,
             memory_images=8,
+            memory_repeats=1,
+            train_batch_divisor=8,
             quick=True,
         )
         base.update(changes)
@@ -423,18 +427,23 @@ def measure_eval_stages(
         return at_best, at_suite
 
     def repeat(run: Callable[[], float], mode: str, best_batch: int, work: float):
-        """run() -> achieved units/s; returns (rates, eff vs best batch, eff vs the suite's batch)."""
+        """run() -> achieved units/s; returns (rates, eff vs best batch, eff vs the suite's batch), the raw rates
+        being the mean of measurements right before and right after each run (drift on a shared machine)."""
         rates, effs, effs_same = [], [], []
         for _ in range(cfg.repeats):
-            at_best, at_suite = paired(mode, best_batch)
+            before = paired(mode, best_batch)
             r = run()
+            after = paired(mode, best_batch)
+            at_best, at_suite = ((b + a) / 2 for b, a in zip(before, after))
             rates.append(r)
             effs.append(r * work / at_best)
             effs_same.append(r * work / at_suite)
         return rates, effs, effs_same
 
     # clean scoring ------------------------------------------------------------------------------------
-    n_clean = _size(cfg.stage_seconds, f_raw, 1, cfg.n_ood, cfg.eval_batch)
+    # every stage runs at least one full suite batch: a smaller set would measure a smaller batch
+    floor = min(cfg.eval_batch, cfg.n_ood)
+    n_clean = _size(cfg.stage_seconds, f_raw, 1, cfg.n_ood, cfg.eval_batch, floor)
     sub = images_dev[:n_clean]
 
     def run_clean() -> float:
@@ -457,7 +466,7 @@ def measure_eval_stages(
 
     # PGD ----------------------------------------------------------------------------------------------
     steps = cfg.pgd_steps
-    n_pgd = _size(cfg.stage_seconds, g_raw, steps, cfg.n_ood, cfg.eval_batch)
+    n_pgd = _size(cfg.stage_seconds, g_raw, steps, cfg.n_ood, cfg.eval_batch, floor)
     sub_pgd = images_dev[:n_pgd]
 
     def run_pgd() -> float:
@@ -482,7 +491,7 @@ def measure_eval_stages(
     log(_line(stages["pgd"]))
 
     # corruption generation (one-off per OOD set) and search over the cached variants ------------------
-    n_corr = _size(cfg.stage_seconds, f_raw, n_variants, cfg.n_ood, cfg.eval_batch)
+    n_corr = _size(cfg.stage_seconds, f_raw, n_variants, cfg.n_ood, cfg.eval_batch, floor)
     corr_images = images[:n_corr]
     workers = cfg.workers or os.cpu_count() or 1
     _, gen_seconds = timed(
@@ -526,7 +535,9 @@ def measure_eval_stages(
     # mining ---------------------------------------------------------------------------------------------
     atom = _detector("atom", ctx_build)
     miner = _cifar_model(cfg.arch, atom.head_size, device, seed=1).train()
-    n_cand = _size(cfg.stage_seconds, f_raw, 1, cfg.mining_candidates, cfg.eval_batch, floor=8)
+    n_cand = _size(
+        cfg.stage_seconds, f_raw, 1, cfg.mining_candidates, cfg.eval_batch, min(floor, cfg.mining_candidates)
+    )
     aux = ctx_build.aux
     parts: dict[str, list[float]] = {"sample_get": [], "augment": [], "score": [], "select": []}
 
@@ -604,6 +615,9 @@ def _measure_family(cfg: BenchConfig, ctx, device: torch.device, label: str, nam
     # the stage with outliers (SOFL: stage 2); vanilla and ROWL have a single stage without
     index = next((i for i, s in enumerate(stage_list) if s.outliers != "none"), 0)
     stage = stage_list[index]
+    if cfg.train_batch_divisor > 1:  # --quick: smaller batches through the same run_epoch
+        d = cfg.train_batch_divisor
+        stage = dataclasses.replace(stage, in_batch=max(2, stage.in_batch // d), out_batch=stage.out_batch // d)
     spec = _train_spec(label, detector, stage)
     train_set = detector.training_set(ctx, ctx.in_dist.train)
 
@@ -830,13 +844,18 @@ def measure_reference(cfg: BenchConfig, model: nn.Module, device: torch.device, 
     ctx_build = _build_context(cfg.arch, device)
     msp = _detector("msp", ctx_build)
     ood = bench_ood_images(cfg.ref_ood)
-    id_images, id_labels = bench_id_images(cfg.ref_id)
+    n_id = (
+        cfg.ref_id
+        if cfg.ref_id is not None
+        else max(1, round(cfg.ref_ood * CIFAR10_TEST / sum(CIFAR10_OOD_SIZES.values())))
+    )
+    id_images, id_labels = bench_id_images(n_id)
     ood_png, id_png = encode_png(ood), encode_png(id_images)
     pgd = PGDConfig(steps=cfg.ref_pgd_steps)
     seeds = {t: derive_seed(0, "bench", t) for t in THREATS4}
     n_variants = len(variant_list(cfg.suite))
-    work = Path(tempfile.mkdtemp(prefix="oodbench-bench-ref-"))
-    cache_dir = Path(cfg.cache_dir) / "variants" if cfg.cache_dir else work / "variants"
+    work = Path(tempfile.mkdtemp(prefix="oodbench-bench-ref-", dir=cfg.cache_dir))
+    cache_dir = work / "variants"
 
     # one-off: the suite's variant cache for this set (shared by every method; reported, not counted)
     cache, gen_seconds = timed(
@@ -967,6 +986,7 @@ def measure_reference(cfg: BenchConfig, model: nn.Module, device: torch.device, 
             "the suite's one-off variant generation is reported in 'generation', not counted in the totals",
         ],
     }
+    shutil_rmtree(work)
     log(
         f"  overall: reference {ref_total:.1f} s, suite {suite_total:.1f} s -> "
         f"{out['overall']['speedup_vs_reference']:.1f}x (with the one-off generation: "
@@ -1033,12 +1053,12 @@ def measure_search_memory(cfg: BenchConfig, model: nn.Module, device: torch.devi
     msp = _detector("msp", ctx_build)
     images = bench_ood_images(cfg.memory_images)
     images_dev = images.to(device)
-    cache_dir = Path(tempfile.mkdtemp(prefix="oodbench-bench-mem-"))
+    cache_dir = Path(tempfile.mkdtemp(prefix="oodbench-bench-mem-", dir=cfg.cache_dir))
     suites = ("cifar-c-15", "cifar-c-19")
     for suite in suites:
         variants_for(images, suite, 0, cache_dir, workers=cfg.workers, progress=False)
     results: dict[str, dict[str, list[float]]] = {s: {"rss_anon": [], "tracemalloc": [], "cuda": []} for s in suites}
-    for suite in suites + suites:  # twice, alternating: the first search also warms allocator pools
+    for suite in suites * cfg.memory_repeats:  # alternating: the first search also warms allocator pools
         gc.collect()
         _malloc_trim()
         ctx = AttackContext(
@@ -1194,12 +1214,20 @@ def rates_for_projection(stages: dict[str, dict[str, Any]]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------------
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def _device_info(device: torch.device) -> dict[str, Any]:
     import torch
 
     info = {
         "type": device.type,
-        "name": platform.processor() or platform.machine(),
+        "name": _cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -1220,7 +1248,8 @@ def _targets(result: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("pgd", "corruption_search"):
         if key in stages and stages[key]["efficiency"] is not None:
-            out[f"{key}_efficiency_at_least_80pct"] = stages[key]["efficiency"] >= 0.8
+            out[f"{key}_efficiency_at_least_80pct"] = stages[key]["efficiency"] >= 0.8  # vs the best batch size
+            out[f"{key}_efficiency_same_batch_at_least_80pct"] = stages[key]["efficiency_same_batch"] >= 0.8
     if "reference" in result:
         out["four_threat_speedup_at_least_10x"] = result["reference"]["overall"]["speedup_vs_reference"] >= 10
     return out
@@ -1237,6 +1266,10 @@ def run_bench(cfg: BenchConfig, json_path: Path | None = None, log: Callable[[st
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    if cfg.eval_batch is None:
+        from oodbench.config import get_profile
+
+        cfg = dataclasses.replace(cfg, eval_batch=get_profile("paper" if device.type == "cuda" else "smoke").eval_batch)
     if cfg.batch_sizes is None:
         cfg = dataclasses.replace(
             cfg,
@@ -1255,6 +1288,8 @@ def run_bench(cfg: BenchConfig, json_path: Path | None = None, log: Callable[[st
 
     def save() -> None:
         result["targets"] = _targets(result)
+        if cfg.project and result.get("stages"):
+            result["projection"] = project_cifar10(rates_for_projection(result["stages"]), pgd_steps=40)
         if json_path is not None:
             from oodbench.io import write_json
 
@@ -1279,28 +1314,27 @@ def run_bench(cfg: BenchConfig, json_path: Path | None = None, log: Callable[[st
     result["raw"] = section("raw", lambda: raw_sweep(model, device, sweep, cfg.min_time))
     log(_raw_table(result["raw"]))
     save()
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else Path(tempfile.mkdtemp(prefix="oodbench-bench-cache-"))
+    cache_root = Path(tempfile.mkdtemp(prefix="oodbench-bench-cache-", dir=cfg.cache_dir))
     result["stages"] = section(
         "stages", lambda: measure_eval_stages(cfg, model, device, result["raw"], cache_root / "variants-stage", log)
     )
     save()
+    # most telling first: a timeout (benchmarks/gpu_check.sh) keeps every finished section in the JSON
+    if cfg.reference:
+        log("reference-style evaluation (released code's structure) vs the suite:")
+        result["reference"] = section("reference", lambda: measure_reference(cfg, model, device, log))
+        save()
     if cfg.training:
         result["stages"].update(section("training", lambda: measure_training(cfg, device, log)))
         save()
     if cfg.memory:
         result["memory"] = section("memory", lambda: measure_search_memory(cfg, model, device, log))
         save()
-    if cfg.reference:
-        log("reference-style evaluation (released code's structure) vs the suite:")
-        result["reference"] = section("reference", lambda: measure_reference(cfg, model, device, log))
-        save()
     if cfg.project:
-        result["projection"] = project_cifar10(rates_for_projection(result["stages"]), pgd_steps=40)
         log(projection_text(result["projection"]))
     result["seconds"] = time.time() - started
     save()
-    if not cfg.cache_dir:
-        shutil_rmtree(cache_root)
+    shutil_rmtree(cache_root)
     log(summary_table(result))
     return result
 
@@ -1439,11 +1473,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     }
     for flag, (kind, text) in sized.items():
         default = getattr(d, flag[2:].replace("-", "_"))
-        p.add_argument(flag, type=kind, default=None, help=f"{text} (default {default}; --quick: smaller)")
+        shown = {"--eval-batch": "500 on GPU, 256 on CPU", "--ref-id": "N x 10,000 / 54,565"}.get(flag, default)
+        p.add_argument(flag, type=kind, default=None, help=f"{text} (default {shown}; --quick: smaller)")
     p.add_argument("--suite", default=d.suite, help="corruption suite: cifar-c-15 (75 variants) | cifar-c-19 (95)")
     p.add_argument("--workers", type=int, default=None, help="corruption generation processes (default: all cores)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--cache-dir", default=None, help="variant cache (default: a fresh temporary folder)")
+    p.add_argument(
+        "--cache-dir", default=None, help="folder for the temporary variant caches (fresh, deleted at the end)"
+    )
     p.add_argument("--no-reference", action="store_true", help="skip the reference-style comparison")
     p.add_argument("--no-training", action="store_true", help="skip the training steps")
     p.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
