@@ -152,9 +152,10 @@ def apgd_linf(
                 prev_obj = obj
                 improved = obj > run_obj
                 run_obj = torch.where(improved, obj, run_obj)
-                run_x[improved] = x_cur[improved]
+                mask = improved.view(view)
+                run_x = torch.where(mask, x_cur, run_x)  # no host sync (GPU)
                 if new_grad is not None:
-                    run_grad[improved] = new_grad[improved]
+                    run_grad = torch.where(mask, new_grad, run_grad)
                 if k + 1 in checkpoints:
                     period = k + 1 - last_check
                     condition1 = successes < RHO * period

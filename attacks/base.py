@@ -34,6 +34,8 @@ class AttackContext:
     apgd_steps: int = 100  # `strong` protocol: APGD iterations and restarts per objective
     apgd_restarts: int = 5
     progress: bool = True
+    precision: str = "fp32"  # of the attacks' forward/backward passes (oodbench.accel); scores stay IEEE fp32
+    attack_model: Any = None  # a compiled copy of the model for the attacks (--compile), or None
     label: str = ""  # names the cell in progress bars
     #: per-detector memo shared by the cells of one detector (the corruption search of `comp` reuses the one of
     #: `corruption` on the same OOD set): key -> tensor

@@ -53,11 +53,11 @@ def corruption_search(detector, model, images: torch.Tensor, ctx: AttackContext)
     best_score = _search_scores(detector, model, images, ctx.batch_size)
     names = variant_list(ctx.corruption_suite)
     for v in progress(range(len(names)), desc=f"corruption search {ctx.label}", enabled=ctx.progress, unit="variant"):
-        block = torch.from_numpy(np.ascontiguousarray(variants[v])).to(images.device, non_blocking=True)
+        block = torch.from_numpy(np.array(variants[v])).to(images.device, non_blocking=True)  # one block, read-only map
         score = _search_scores(detector, model, block, ctx.batch_size)
         improved = score > best_score  # strictly higher: ties keep the earlier variant (clean first)
         best_score = torch.where(improved, score, best_score)
-        best[improved] = block[improved]
+        best = torch.where(improved.view(-1, 1, 1, 1), block, best)  # no host sync
     ctx.memo[memo_key] = best
     return best
 

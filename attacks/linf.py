@@ -9,6 +9,7 @@ import torch
 from attacks.base import AttackContext, ThreatModel, start_noise_for_set, to_unit
 from attacks.pgd import pgd_linf
 from attacks.strong import apgd_config, strong_scores
+from oodbench.accel import attack_autocast, fp32_scoring
 from oodbench.progress import progress
 from oodbench.registry import register_threat
 
@@ -23,19 +24,22 @@ def pgd_scores(detector, model, images: torch.Tensor, ctx: AttackContext, desc: 
     if ctx.adaptive:
         return strong_scores(detector, model, images, ctx, desc)
     model.eval()
+    attack_model = ctx.attack_model or model
     noises = start_noise_for_set(len(images), tuple(images.shape[1:]), ctx.pgd, ctx.seed, images.device)
     out = []
     for start in progress(range(0, len(images), ctx.batch_size), desc=desc, enabled=ctx.progress, unit="batch"):
         stop = start + ctx.batch_size
         x = to_unit(images[start:stop]) if images.dtype == torch.uint8 else images[start:stop]
-        x_adv, _ = pgd_linf(
-            lambda z: detector.attack_objective(model, z),
-            x,
-            ctx.pgd,
-            model=model,
-            start_noise=[n[start:stop] for n in noises],
-        )
-        out.append(detector.score(model, x_adv).float())
+        with attack_autocast(ctx.precision, x.device):
+            x_adv, _ = pgd_linf(
+                lambda z: detector.attack_objective(attack_model, z),
+                x,
+                ctx.pgd,
+                model=model,
+                start_noise=[n[start:stop] for n in noises],
+            )
+        with fp32_scoring(x.device):
+            out.append(detector.score(model, x_adv).float())
     return torch.cat(out)
 
 

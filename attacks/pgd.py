@@ -102,7 +102,7 @@ def pgd_linf(
                 x_adv = x_adv.detach()
                 improved = obj > best_obj
                 best_obj = torch.where(improved, obj, best_obj)
-                best_x[improved] = x_adv[improved]
+                best_x = torch.where(improved.view(-1, *([1] * (x.ndim - 1))), x_adv, best_x)  # no host sync
                 if i == config.steps:
                     break
                 x_adv = x_adv + step * torch.sign(grad)

@@ -26,6 +26,7 @@ from torch import nn
 from attacks.apgd import apgd_linf, apgd_start_noise_for_set
 from attacks.base import AttackContext, derive_seed, start_noise_for_set, to_unit
 from attacks.pgd import pgd_linf
+from oodbench.accel import attack_autocast, fp32_scoring
 from oodbench.detector import Detector
 from oodbench.progress import progress
 
@@ -86,16 +87,21 @@ def _worst_case(
     def keep(start: int, x_adv: torch.Tensor, attack: str) -> None:
         if inspect is not None:
             inspect(attack, start, unit(start), x_adv)
-        score = sign * detector.score(model, x_adv).detach().float()
+        with fp32_scoring(x_adv.device):
+            score = sign * detector.score(model, x_adv).detach().float()
         stop = start + len(x_adv)
         best[start:stop] = torch.maximum(best[start:stop], score.to(device))
 
     # 1. the paper's PGD, with the random starts of `attacks.linf.pgd_scores`
     noises = start_noise_for_set(n, shape, ctx.pgd, pgd_seed, device)
-    objective = _objective(detector, model, "attack", sign)
+    attack_model = ctx.attack_model or model
+    objective = _objective(detector, attack_model, "attack", sign)
     for start in progress(batches, desc=f"{desc} pgd", enabled=ctx.progress, unit="batch"):
         stop = start + ctx.batch_size
-        x_adv, _ = pgd_linf(objective, unit(start), ctx.pgd, model=model, start_noise=[z[start:stop] for z in noises])
+        with attack_autocast(ctx.precision, device):
+            x_adv, _ = pgd_linf(
+                objective, unit(start), ctx.pgd, model=model, start_noise=[z[start:stop] for z in noises]
+            )
         keep(start, x_adv, "pgd")
     del noises
 
@@ -105,18 +111,19 @@ def _worst_case(
             noises = apgd_start_noise_for_set(
                 n, shape, ctx.apgd_restarts, derive_seed(ctx.seed, "apgd", name, sign), device
             )
-            objective = _objective(detector, model, name, sign)
+            objective = _objective(detector, attack_model, name, sign)
             for start in progress(batches, desc=f"{desc} apgd-{name}", enabled=ctx.progress, unit="batch"):
                 stop = start + ctx.batch_size
-                x_adv, _ = apgd_linf(
-                    objective,
-                    unit(start),
-                    eps=ctx.pgd.eps,
-                    steps=ctx.apgd_steps,
-                    restarts=ctx.apgd_restarts,
-                    model=model,
-                    start_noise=[z[start:stop] for z in noises],
-                )
+                with attack_autocast(ctx.precision, device):
+                    x_adv, _ = apgd_linf(
+                        objective,
+                        unit(start),
+                        eps=ctx.pgd.eps,
+                        steps=ctx.apgd_steps,
+                        restarts=ctx.apgd_restarts,
+                        model=model,
+                        start_noise=[z[start:stop] for z in noises],
+                    )
                 keep(start, x_adv, f"apgd-{name}")
             del noises
     return sign * best

@@ -84,18 +84,39 @@ def main(argv: list[str] | None = None) -> int:
     cifar = extract(data / "cifar10-jpeg.tar.gz", work / "cifar10-jpeg")
     ood = extract(data / "ood-mini.tar.gz", work / "ood-mini")
     cifar_root = find_dir(cifar, "train").parent
-    in_dist = subset(cifar_root, work / f"cifar10-sub{args.per_class_train}", args.per_class_train,
-                     args.per_class_test)
+    in_dist = subset(cifar_root, work / f"cifar10-sub{args.per_class_train}", args.per_class_train, args.per_class_test)
     ood_sets = [f"folder:{find_dir(ood, name)}" for name in ("textures-dtd10", "nature-crop", "nature-resize")]
     run_dir = Path(args.out) if args.out else work / "run-cifar-cpu"
 
     from oodbench.cli import main as oodbench
 
     command = [
-        "run", "--methods", args.methods, "--in", f"folder:{in_dist}", "--ood", ",".join(ood_sets),
-        "--aux", f"npy:{data / 'aux-nature-20k.npy'}", "--arch", "resnet20", "--init", str(weights),
-        "--profile", "paper", "--epochs", str(args.epochs), "--max-ood", str(args.max_ood),
-        "--threats", args.threats, "--device", "cpu", "--out", str(run_dir), "--no-progress",
+        "run",
+        "--methods",
+        args.methods,
+        "--in",
+        f"folder:{in_dist}",
+        "--ood",
+        ",".join(ood_sets),
+        "--aux",
+        f"npy:{data / 'aux-nature-20k.npy'}",
+        "--arch",
+        "resnet20",
+        "--init",
+        str(weights),
+        "--profile",
+        "paper",
+        "--epochs",
+        str(args.epochs),
+        "--max-ood",
+        str(args.max_ood),
+        "--threats",
+        args.threats,
+        "--device",
+        "cpu",
+        "--out",
+        str(run_dir),
+        "--no-progress",
     ]
     n_train = 10 * args.per_class_train
     for method in ("ntom", "atom"):  # N = the whole pool (20,000) when it can hold more than n = 2 |train|

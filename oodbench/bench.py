@@ -835,6 +835,11 @@ def _compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 def measure_reference(cfg: BenchConfig, model: nn.Module, device: torch.device, log) -> dict[str, Any]:
     """The four-threat evaluation of MSP, reference style vs the suite, on the same N OOD and M in-dist images
     (interleaved per threat model so both sides see the same machine load), with score checks."""
+    with tempfile.TemporaryDirectory(prefix="oodbench-bench-ref-", dir=cfg.cache_dir) as work:
+        return _measure_reference(cfg, model, device, log, Path(work))
+
+
+def _measure_reference(cfg: BenchConfig, model: nn.Module, device: torch.device, log, work: Path) -> dict[str, Any]:
 
     from attacks.base import AttackContext, derive_seed
     from attacks.corruptions import variant_list, variants_for
@@ -854,7 +859,6 @@ def measure_reference(cfg: BenchConfig, model: nn.Module, device: torch.device, 
     pgd = PGDConfig(steps=cfg.ref_pgd_steps)
     seeds = {t: derive_seed(0, "bench", t) for t in THREATS4}
     n_variants = len(variant_list(cfg.suite))
-    work = Path(tempfile.mkdtemp(prefix="oodbench-bench-ref-", dir=cfg.cache_dir))
     cache_dir = work / "variants"
 
     # one-off: the suite's variant cache for this set (shared by every method; reported, not counted)
@@ -986,7 +990,6 @@ def measure_reference(cfg: BenchConfig, model: nn.Module, device: torch.device, 
             "the suite's one-off variant generation is reported in 'generation', not counted in the totals",
         ],
     }
-    shutil_rmtree(work)
     log(
         f"  overall: reference {ref_total:.1f} s, suite {suite_total:.1f} s -> "
         f"{out['overall']['speedup_vs_reference']:.1f}x (with the one-off generation: "
@@ -1043,6 +1046,13 @@ def measure_search_memory(cfg: BenchConfig, model: nn.Module, device: torch.devi
     """Peak memory added by `corruption_search` with cifar-c-15 (75 variants) and cifar-c-19 (95) on the same
     images: RssAnon (sampled), tracemalloc (NumPy allocations) and, on CUDA, torch.cuda.max_memory_allocated.
     Memory that grew with the number of variants would differ by about (95 - 75) x N x 3 KB."""
+    with tempfile.TemporaryDirectory(prefix="oodbench-bench-mem-", dir=cfg.cache_dir) as work:
+        return _measure_search_memory(cfg, model, device, log, Path(work))
+
+
+def _measure_search_memory(
+    cfg: BenchConfig, model: nn.Module, device: torch.device, log, cache_dir: Path
+) -> dict[str, Any]:
     import torch
 
     from attacks.base import AttackContext
@@ -1053,7 +1063,6 @@ def measure_search_memory(cfg: BenchConfig, model: nn.Module, device: torch.devi
     msp = _detector("msp", ctx_build)
     images = bench_ood_images(cfg.memory_images)
     images_dev = images.to(device)
-    cache_dir = Path(tempfile.mkdtemp(prefix="oodbench-bench-mem-", dir=cfg.cache_dir))
     suites = ("cifar-c-15", "cifar-c-19")
     for suite in suites:
         variants_for(images, suite, 0, cache_dir, workers=cfg.workers, progress=False)
@@ -1121,14 +1130,7 @@ def measure_search_memory(cfg: BenchConfig, model: nn.Module, device: torch.devi
         f" MiB / {b['peak_tracemalloc_bytes'] / 2**20:.2f} MiB (all 20 extra variants: "
         f"{extra_variants_bytes / 2**20:.1f} MiB)"
     )
-    shutil_rmtree(cache_dir)
     return summary
-
-
-def shutil_rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1314,10 +1316,10 @@ def run_bench(cfg: BenchConfig, json_path: Path | None = None, log: Callable[[st
     result["raw"] = section("raw", lambda: raw_sweep(model, device, sweep, cfg.min_time))
     log(_raw_table(result["raw"]))
     save()
-    cache_root = Path(tempfile.mkdtemp(prefix="oodbench-bench-cache-", dir=cfg.cache_dir))
-    result["stages"] = section(
-        "stages", lambda: measure_eval_stages(cfg, model, device, result["raw"], cache_root / "variants-stage", log)
-    )
+    with tempfile.TemporaryDirectory(prefix="oodbench-bench-cache-", dir=cfg.cache_dir) as cache_root:
+        result["stages"] = section(
+            "stages", lambda: measure_eval_stages(cfg, model, device, result["raw"], Path(cache_root), log)
+        )
     save()
     # most telling first: a timeout (benchmarks/gpu_check.sh) keeps every finished section in the JSON
     if cfg.reference:
@@ -1334,7 +1336,6 @@ def run_bench(cfg: BenchConfig, json_path: Path | None = None, log: Callable[[st
         log(projection_text(result["projection"]))
     result["seconds"] = time.time() - started
     save()
-    shutil_rmtree(cache_root)
     log(summary_table(result))
     return result
 

@@ -63,7 +63,8 @@ class Profile:
     max_ood: int | None = None  # images per OOD test set
     mining_candidates_cap: int | None = None  # caps N (None: N = 4n as in the paper)
     gmm_components: int = 100  # CCU's mixtures
-    eval_batch: int = 500
+    eval_batch: int = 500  # evaluation / attack batch on an accelerator
+    eval_batch_cpu: int = 32  # on CPU, small batches stay in cache: 2-2.4x the throughput of 256 (oodbench bench)
     pgd: PGDConfig = PGDConfig()
     train_pgd: PGDConfig = PGDConfig(steps=5, step_size=2 / 255)
     apgd_steps: int = 100  # `strong` protocol: APGD iterations and restarts per objective (SPEC section 6)
@@ -72,6 +73,10 @@ class Profile:
     def schedule(self, kind: str) -> tuple[int, tuple[int, ...]]:
         """(epochs, milestones) for an in-dist schedule kind ("cifar" or "svhn")."""
         return self.schedules[kind]
+
+    def batch_for(self, device) -> int:
+        """The evaluation batch size for a device ("cpu" or an accelerator)."""
+        return self.eval_batch_cpu if str(device).startswith("cpu") else self.eval_batch
 
     def with_epochs(self, epochs: int) -> Profile:
         """The same profile with every schedule shortened or stretched to `epochs`, milestones at the paper's

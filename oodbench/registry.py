@@ -86,7 +86,15 @@ register_threat = THREATS.register
 register_dataset = DATASETS.register
 register_arch = ARCHS.register
 
-_PLUGIN_MODULES = ("oodbench.models", "oodbench.data", "baselines", "attacks", "oodbench.toy")
+_PLUGIN_MODULES = (
+    "oodbench.models",
+    "oodbench.data",
+    "baselines",
+    "attacks.natural",
+    "attacks.linf",
+    "attacks.corruption",
+    "oodbench.toy",
+)
 _loaded = False
 
 

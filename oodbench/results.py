@@ -277,8 +277,11 @@ def id_summary(run_dirs) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         raise ConfigError("no in-distribution records in " + ", ".join(map(str, run_dirs_or_default(run_dirs))))
-    first = [c for c in ("in_dist", "method", "id_accuracy", "fnr", "e2e_accuracy", "fnr_under_attack", "threshold",
-                         "n") if c in frame]
+    first = [
+        c
+        for c in ("in_dist", "method", "id_accuracy", "fnr", "e2e_accuracy", "fnr_under_attack", "threshold", "n")
+        if c in frame
+    ]
     frame = frame[first + [c for c in frame.columns if c not in first]]
     order = {m: i for i, m in enumerate(_method_order(frame["method"]))}
     return frame.sort_values(["in_dist", "method"], key=lambda c: c.map(order) if c.name == "method" else c)

@@ -28,6 +28,7 @@ import torch
 from attacks.base import AttackContext, derive_seed
 from attacks.pgd import PGDConfig
 from oodbench import __version__
+from oodbench.accel import check_precision, fp32_scoring, maybe_compile
 from oodbench.checkpoint import check_meta, file_sha256, load_checkpoint
 from oodbench.config import TRAINING_SWITCHES, Profile, Protocol, get_profile, get_protocol
 from oodbench.data import load_aux, load_in_distribution, load_ood
@@ -78,6 +79,8 @@ class RunOptions:
     max_ood: int | None = None  # overrides the profile's images per OOD set
     max_train: int | None = None  # overrides the profile's in-dist training images
     attack_id: bool = False  # also attack in-dist test images (towards OOD) and report the FNR under attack
+    precision: str = "fp32"  # of the attacks' passes (fp32, tf32, bf16; oodbench.accel); scores stay IEEE fp32
+    compile: bool = False  # torch.compile the model used inside the attacks
     progress: bool = True
     only_cells: list[str] | None = None  # evaluate just these cell keys (job arrays)
 
@@ -204,6 +207,10 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
     if not arch.startswith("timm/"):
         ARCHS.entry(arch)
     device = resolve_device(options.device)
+    try:
+        check_precision(options.precision, device)
+    except ValueError as error:
+        raise ConfigError(f"--precision {options.precision}: {error}") from None
     for method in list(options.overrides) + list(options.checkpoints):
         if method not in methods:
             raise ConfigError(
@@ -341,6 +348,8 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
                         "adaptive": protocol.adaptive,
                         "test": test.fingerprint(),
                         "seed": options.seed,
+                        **({"precision": options.precision} if options.precision != "fp32" else {}),
+                        **({"compile": True} if options.compile else {}),
                     }
                 )
                 row = {
@@ -413,13 +422,14 @@ def _attack_context(
     cache = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
     return AttackContext(
         device=device,
-        batch_size=options.batch_size or profile.eval_batch,
+        batch_size=options.batch_size or profile.batch_for(device),
         seed=options.seed,
         pgd=pgd,
         corruption_suite=protocol.corruption_suite,
         corruption_seed=options.seed,
         cache_dir=cache / "variants",
         adaptive=protocol.adaptive,
+        precision=options.precision,
         apgd_steps=profile.apgd_steps,
         apgd_restarts=profile.apgd_restarts,
         progress=options.progress,
@@ -494,10 +504,18 @@ def _update_run_json(
         write_json(path, record)
 
 
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to the run directory when inside it (run directories can be moved), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
 def checkpoint_facts(plan: RunPlan, method: MethodPlan) -> dict[str, Any]:
     """Provenance of a method's network: checkpoint file and sha256, and what its outlier mining did."""
     path = method.checkpoint or method.checkpoint_dir / "final.pt"
-    facts: dict[str, Any] = {"checkpoint_file": str(path)}
+    facts: dict[str, Any] = {"checkpoint_file": _relative(path, plan.run_dir)}
     if path.exists():
         facts["checkpoint_sha256"] = file_sha256(path)
     mining = method.checkpoint_dir / "mining.json"
@@ -509,13 +527,19 @@ def checkpoint_facts(plan: RunPlan, method: MethodPlan) -> dict[str, Any]:
             "n": log[0]["n"] if log else None,
             "candidates": log[0]["candidates"] if log else None,
             "with_replacement": any(entry["with_replacement"] for entry in log),
-            "plot": str(method.checkpoint_dir / "mining.png"),
+            "plot": _relative(method.checkpoint_dir / "mining.png", plan.run_dir),
         }
     return facts
 
 
 def execute(plan: RunPlan, log: Callable[[str], None] = print) -> None:
-    """Run a plan: one direction of data flow, skipping everything already finished."""
+    """Run a plan: one direction of data flow, skipping everything already finished. Deployed scores are IEEE
+    fp32 throughout (TF32 off on GPUs; SPEC section 1); only the attacks may use `--precision`."""
+    with fp32_scoring(plan.device):
+        _execute(plan, log)
+
+
+def _execute(plan: RunPlan, log: Callable[[str], None]) -> None:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     removed = remove_stale_temporaries(plan.run_dir)
     if removed:
@@ -554,7 +578,7 @@ def execute(plan: RunPlan, log: Callable[[str], None] = print) -> None:
             started = time.time()
             in_distribution_under_attack(plan, method, model, id_record, log)
             timings[f"{method.name}/id_attack"] = time.time() - started
-        memo: dict = {}  # shared by this detector's cells (e.g. comp reuses the corruption search)
+        memo: dict = {"attack_model": maybe_compile(model, plan.options.compile)}  # shared by this detector's cells
         for cell in sorted(
             pending, key=lambda c: (c.ood_set, THREAT_ORDER.index(c.threat) if c.threat in THREAT_ORDER else 9)
         ):
@@ -617,7 +641,7 @@ def fit_detector(plan: RunPlan, method: MethodPlan, model, log) -> None:
             tune_in=tune_in,
             tune_aux=tune_aux,
             device=plan.device,
-            batch_size=plan.options.batch_size or plan.profile.eval_batch,
+            batch_size=plan.options.batch_size or plan.profile.batch_for(plan.device),
             tune_split=plan.protocol.tune_split,
             arch=plan.arch,
             in_dist=plan.in_dist.name,
@@ -670,7 +694,7 @@ def _in_distribution_scores(plan: RunPlan, method: MethodPlan, model, base: Path
         with np.load(npz) as data:
             return {k: data[k] for k in data.files}
     detector = method.detector
-    batch = plan.options.batch_size or plan.profile.eval_batch
+    batch = plan.options.batch_size or plan.profile.batch_for(plan.device)
     images = plan.test.images.to(plan.device)
     scores, predictions = [], []
     model.eval()
@@ -748,6 +772,7 @@ def evaluate_cell(
     ctx.label = f"{method.name}/{cell.ood_set}"
     if memo is not None:
         ctx.memo = memo
+        ctx.attack_model = memo.get("attack_model")
     ood_scores = threat.scores(method.detector, model, images, ctx).float().cpu().numpy()
     crash_point(f"attack:{cell.threat}")
     detector = method.detector

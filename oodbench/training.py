@@ -217,7 +217,7 @@ def epoch_outliers(
     n_candidates = config.candidates if config.candidates else 4 * n
     positions, with_replacement = sample_positions(len(aux), n_candidates, job.ctx.protocol.aux_sampling, rng)
     candidates = augment_in_chunks(aux.get(positions), generator, device)
-    scores = score_candidates(job.detector, model, candidates, job.ctx.profile.eval_batch)
+    scores = score_candidates(job.detector, model, candidates, job.ctx.profile.batch_for(device))
     selected = mine_outliers(scores, config.q, n)
     crash_point(f"mining:{stage.name}:{epoch}")
     record = mining_record(scores, selected, with_replacement)
@@ -298,19 +298,20 @@ def run_epoch(
                 x_out = random_crop_flip(x_out, size=32, padding=4, generator=generator)
             x_out = x_out.float() / 255.0
         loss = stage.loss(model, x_in.float() / 255.0, y_in, x_out)
-        if not torch.isfinite(loss):
-            from oodbench.errors import OodbenchError
-
-            raise OodbenchError(
-                f"{job.meta['method']}: the training loss became {loss.item()} at stage {stage.name}, epoch {epoch}, "
-                f"batch {b}; lower the learning rate or check the data (the last good epoch is kept in last.pt)"
-            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         job.detector.after_step(model)
-        total += float(loss.detach()) * len(index)
+        total = total + loss.detach() * len(index)  # stays on the device: no host sync per step
         count += len(index)
+    total = float(total)
+    if not np.isfinite(total):
+        from oodbench.errors import OodbenchError
+
+        raise OodbenchError(
+            f"{job.meta['method']}: the training loss became {total} in stage {stage.name}, epoch {epoch}; lower the "
+            "learning rate or check the data (the last finished epoch is kept in last.pt; nothing of this one is saved)"
+        )
     return {
         "stage": stage.name,
         "epoch": epoch,

@@ -15,15 +15,32 @@ def fake_run(path, values, in_dist="digits", arch="small_cnn", protocol="paper")
     (path / "cells").mkdir(parents=True)
     (path / "run.json").write_text(json.dumps({"protocol": {"name": protocol}}))
     for i, ((method, ood, threat), (fpr, auroc)) in enumerate(values.items()):
-        row = {"key": f"k{i}", "in_dist": in_dist, "method": method, "ood_set": ood, "threat": threat,
-               "protocol": protocol, "arch": arch, "aux": None, "seed": 0, "fpr": fpr, "auroc": auroc,
-               "aupr_in": 50.0, "aupr_out": 50.0, "detection_error": 10.0}
+        row = {
+            "key": f"k{i}",
+            "in_dist": in_dist,
+            "method": method,
+            "ood_set": ood,
+            "threat": threat,
+            "protocol": protocol,
+            "arch": arch,
+            "aux": None,
+            "seed": 0,
+            "fpr": fpr,
+            "auroc": auroc,
+            "aupr_in": 50.0,
+            "aupr_out": 50.0,
+            "detection_error": 10.0,
+        }
         (path / "cells" / f"k{i}.json").write_text(json.dumps(row))
     return path
 
 
-VALUES = {("msp", "tiles", "natural"): (40.0, 80.0), ("msp", "tiles", "linf"): (100.0, 5.0),
-          ("msp", "scenes_crop", "natural"): (20.0, 90.0), ("msp", "scenes_crop", "linf"): (99.0, 9.0)}
+VALUES = {
+    ("msp", "tiles", "natural"): (40.0, 80.0),
+    ("msp", "tiles", "linf"): (100.0, 5.0),
+    ("msp", "scenes_crop", "natural"): (20.0, 90.0),
+    ("msp", "scenes_crop", "linf"): (99.0, 9.0),
+}
 
 
 def test_identical_runs_pass_and_a_moved_number_fails(tmp_path, capsys):
@@ -68,8 +85,9 @@ def test_missing_cells_on_either_side_fail(tmp_path, capsys):
 
 
 def test_against_paper_counts_cells_within_tolerance(tmp_path, capsys):
-    values = {("msp", ood, "natural"): (50.54, 91.79) for ood in ("svhn", "textures", "places365", "lsun_c",
-                                                                   "lsun_r", "isun")}
+    values = {
+        ("msp", ood, "natural"): (50.54, 91.79) for ood in ("svhn", "textures", "places365", "lsun_c", "lsun_r", "isun")
+    }
     run = fake_run(tmp_path / "run", values, in_dist="cifar10", arch="densenet100", protocol="atom-code")
     assert main(["check", str(run), "--against", "paper", "--tol", "0.01"]) == 0
     assert "2 of 2 cells within" in capsys.readouterr().out

@@ -51,7 +51,10 @@ def test_sampling_modes():
 def _tiny_context(protocol="paper"):
     digits = load_in_distribution("digits")
     profile = dataclasses.replace(
-        PROFILES["smoke"], schedules={"cifar": (2, (1,))}, gmm_components=2, eval_batch=64,
+        PROFILES["smoke"],
+        schedules={"cifar": (2, (1,))},
+        gmm_components=2,
+        eval_batch=64,
         train_pgd=PGDConfig(steps=2, step_size=4 / 255),
     )
     train = digits.train.subset(np.arange(96))
@@ -69,10 +72,26 @@ def test_each_method_trains_end_to_end_on_tiny_data(tmp_path, method):
     overrides = {"candidates": 400} if method in ("ntom", "atom") else {}
     config = cls.make_config(ctx, overrides)
     detector = cls(10, config)
-    meta = {"method": method, "recipe": cls.recipe or method, "arch": "small_cnn", "num_classes": 10,
-            "head_size": detector.head_size, "in_dist": "digits", "train_key": "test"}
-    job = TrainingJob(detector, ctx, detector.training_set(ctx, train_set), aux, tmp_path / method, seed=0, meta=meta,
-                      progress=False, log=lambda m: None)
+    meta = {
+        "method": method,
+        "recipe": cls.recipe or method,
+        "arch": "small_cnn",
+        "num_classes": 10,
+        "head_size": detector.head_size,
+        "in_dist": "digits",
+        "train_key": "test",
+    }
+    job = TrainingJob(
+        detector,
+        ctx,
+        detector.training_set(ctx, train_set),
+        aux,
+        tmp_path / method,
+        seed=0,
+        meta=meta,
+        progress=False,
+        log=lambda m: None,
+    )
     model = train(job)
     payload = load_checkpoint(tmp_path / method / "final.pt")
     history = payload["meta"]["history"]
@@ -96,10 +115,18 @@ def test_training_resumes_to_identical_weights(tmp_path):
 
     def job(directory):
         detector = cls(10, cls.make_config(ctx))
-        meta = {"method": "oe", "recipe": "oe", "arch": "small_cnn", "num_classes": 10, "head_size": 10,
-                "in_dist": "digits", "train_key": "t"}
-        return TrainingJob(detector, ctx, train_set, aux, directory, seed=3, meta=meta, progress=False,
-                           log=lambda m: None)
+        meta = {
+            "method": "oe",
+            "recipe": "oe",
+            "arch": "small_cnn",
+            "num_classes": 10,
+            "head_size": 10,
+            "in_dist": "digits",
+            "train_key": "t",
+        }
+        return TrainingJob(
+            detector, ctx, train_set, aux, directory, seed=3, meta=meta, progress=False, log=lambda m: None
+        )
 
     straight = train(job(tmp_path / "straight"))
     # interrupted after the first epoch: the resume checkpoint is all that is left
@@ -142,8 +169,15 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
 
     ctx, train_set, aux = _tiny_context()
     cls = DETECTORS.get("msp")
-    meta = {"method": "vanilla", "recipe": "vanilla", "arch": "small_cnn", "num_classes": 10, "head_size": 10,
-            "in_dist": "digits", "train_key": "t"}
+    meta = {
+        "method": "vanilla",
+        "recipe": "vanilla",
+        "arch": "small_cnn",
+        "num_classes": 10,
+        "head_size": 10,
+        "in_dist": "digits",
+        "train_key": "t",
+    }
     job = TrainingJob(cls(10), ctx, train_set, aux, tmp_path, seed=0, meta=meta, progress=False, log=lambda m: None)
     train(job)
     data = (tmp_path / "final.pt").read_bytes()

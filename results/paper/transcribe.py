@@ -20,17 +20,44 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DEFAULT_PAPER = Path(os.environ.get("OODBENCH_SHARED", REPO.parent / "shared")) / "paper" / "atom-paper.md"
 
-COLUMNS = ["table", "in_dist", "method", "variant", "ood_set", "threat", "metric", "value",
-           "arch", "aux", "q", "lam", "attack"]
+COLUMNS = [
+    "table",
+    "in_dist",
+    "method",
+    "variant",
+    "ood_set",
+    "threat",
+    "metric",
+    "value",
+    "arch",
+    "aux",
+    "q",
+    "lam",
+    "attack",
+]
 THREATS4 = ["natural", "corruption", "linf", "comp"]
 METRICS2 = ["fpr", "auroc"]
 GROUPS = {
-    "SVHN": "svhn", "CIFAR-10": "cifar10", "CIFAR-100": "cifar100",
-    "LSUN-C": "lsun_c", "LSUN-R": "lsun_r", "ISUN": "isun", "Textures": "textures", "Places365": "places365",
+    "SVHN": "svhn",
+    "CIFAR-10": "cifar10",
+    "CIFAR-100": "cifar100",
+    "LSUN-C": "lsun_c",
+    "LSUN-R": "lsun_r",
+    "ISUN": "isun",
+    "Textures": "textures",
+    "Places365": "places365",
 }
 METHODS = {
-    "MSP": "msp", "ODIN": "odin", "Mahalanobis": "mahalanobis", "SOFL": "sofl", "OE": "oe", "ACET": "acet",
-    "CCU": "ccu", "ROWL": "rowl", "ATOM (ours)": "atom", "AT (no outlier mining)": "at",
+    "MSP": "msp",
+    "ODIN": "odin",
+    "Mahalanobis": "mahalanobis",
+    "SOFL": "sofl",
+    "OE": "oe",
+    "ACET": "acet",
+    "CCU": "ccu",
+    "ROWL": "rowl",
+    "ATOM (ours)": "atom",
+    "AT (no outlier mining)": "at",
     "NTOM (no adversarial training)": "ntom",
 }
 NO_AUX = {"msp", "odin", "mahalanobis"}  # standard training, no auxiliary outliers
@@ -141,8 +168,9 @@ def runtime(paper: Path) -> list[dict]:
     for line in table_lines(paper.read_text(encoding="utf-8").splitlines(), 4):
         cells = [c.strip() for c in line.split("\t") if c.strip()]
         if len(cells) == 3 and cells[1].endswith(" h"):
-            rows.append({"method": METHODS[cells[0]], "training_hours": cells[1][:-2],
-                         "evaluation_hours": cells[2][:-2]})
+            rows.append(
+                {"method": METHODS[cells[0]], "training_hours": cells[1][:-2], "evaluation_hours": cells[2][:-2]}
+            )
     assert len(rows) == 9, rows
     return rows
 
