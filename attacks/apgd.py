@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from attacks.pgd import eval_mode
+from attacks.pgd import check_attack_invariants, eval_mode
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 
@@ -176,17 +176,5 @@ def apgd_linf(
             best_obj = torch.where(better, grid_obj, best_obj)
             best_x[better] = grid_x[better]
     if check:
-        _check_invariants(x, best_x, best_obj, clean_obj, eps)
+        check_attack_invariants(x, best_x, best_obj, clean_obj, eps, "APGD")
     return best_x, best_obj
-
-
-def _check_invariants(x, x_adv, adv_obj, clean_obj, eps) -> None:
-    """Cheap runtime invariants (DESIGN reliability principles)."""
-    if len(x) == 0:
-        return
-    if (x_adv - x).abs().max().item() > eps + 1e-6:
-        raise AssertionError("APGD left the eps-ball")
-    if x_adv.min().item() < 0.0 or x_adv.max().item() > 1.0:
-        raise AssertionError("APGD left the [0, 1] pixel range")
-    if bool((adv_obj < clean_obj).any()):
-        raise AssertionError("APGD returned a point with a lower objective than the clean input")

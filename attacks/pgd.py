@@ -108,15 +108,18 @@ def pgd_linf(
                 x_adv = x_adv + step * torch.sign(grad)
                 x_adv = _on_grid(torch.minimum(torch.maximum(x_adv, lower), upper))
     if check:
-        _check_invariants(x, best_x, best_obj, clean_obj, eps)
+        check_attack_invariants(x, best_x, best_obj, clean_obj, eps, "PGD")
     return best_x, best_obj
 
 
-def _check_invariants(x, x_adv, adv_obj, clean_obj, eps) -> None:
-    """Cheap runtime invariants (DESIGN reliability principles)."""
+def check_attack_invariants(x, x_adv, adv_obj, clean_obj, eps: float, attack: str) -> None:
+    """Cheap runtime invariants of every attack (DESIGN reliability principles): within eps of the source, in
+    [0, 1], and an objective no lower than the clean input's."""
+    if len(x) == 0:
+        return
     if (x_adv - x).abs().max().item() > eps + 1e-6:
-        raise AssertionError("PGD left the eps-ball")
+        raise AssertionError(f"{attack} left the eps-ball")
     if x_adv.min().item() < 0.0 or x_adv.max().item() > 1.0:
-        raise AssertionError("PGD left the [0, 1] pixel range")
+        raise AssertionError(f"{attack} left the [0, 1] pixel range")
     if bool((adv_obj < clean_obj).any()):
-        raise AssertionError("PGD returned a point with a lower objective than the clean input")
+        raise AssertionError(f"{attack} returned a point with a lower objective than the clean input")

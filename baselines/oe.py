@@ -33,7 +33,7 @@ class OE(Detector):
     def stages(self, ctx):
         epochs, milestones = ctx.profile.schedule(ctx.in_dist.schedule)
         c = self.config
-        return [Stage("oe", epochs, milestones, c.in_batch, self.loss, out_batch=c.out_batch, outliers="uniform")]
+        return [Stage(self.name, epochs, milestones, c.in_batch, self.loss, out_batch=c.out_batch, outliers="uniform")]
 
     def loss(self, model, x_in, y_in, x_out):
         logits = model(torch.cat([x_in, x_out]))  # one pass: BatchNorm statistics mix both (SPEC section 3)

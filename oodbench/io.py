@@ -48,14 +48,15 @@ def remove_stale_temporaries(folder: Path | str) -> int:
     for tmp in Path(folder).rglob(".*.tmp"):
         owner = tmp.name.rsplit(".", 3)[-3] if tmp.name.count(".") >= 3 else ""
         owner_host, _, pid = owner.rpartition("-")
-        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+        if owner_host != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         tmp.unlink(missing_ok=True)
         removed += 1
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with this pid exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -323,3 +323,51 @@ def test_pca_whitening_and_spherical_gmm_shapes():
     gmm.fit(z, seed=0)
     assert gmm.log_var.unique().numel() == 1  # every variance set to their mean
     assert torch.isfinite(gmm.log_density(z)).all()
+
+
+def _grid(x):
+    return (x * 255).round() / 255  # attacks keep inputs on the 8-bit grid
+
+
+def _zero_eps(det):
+    from attacks.pgd import PGDConfig
+
+    det.train_pgd = PGDConfig(eps=0.0, steps=2, step_size=1 / 255)
+    return det
+
+
+def test_acet_loss_equals_formula_with_a_null_attack():
+    model, (x, y) = Linear(K), batch()
+    x_out = _grid(batch(8, seed=2)[0])
+    det = _zero_eps(ACET(K))
+    logits_in, logits_out = model(x), model(x_out)
+    expected = F.cross_entropy(logits_in, y) + 1.0 * oe_loss(logits_out).mean()
+    assert torch.allclose(det.loss(model, x, y, x_out), expected, atol=1e-5)
+
+
+def test_atom_loss_equals_formula_with_a_null_attack():
+    model, (x, y) = Linear(K + 1), batch()
+    x_out = _grid(batch(8, seed=3)[0])
+    det = _zero_eps(ATOM(K, ATOM.Config(lam=2.0)))
+    expected = F.cross_entropy(model(x), y) + 2.0 * F.cross_entropy(model(x_out), torch.full((8,), K))
+    assert torch.allclose(det.loss(model, x, y, x_out), expected, atol=1e-5)
+
+
+def test_sofl_stage2_loss_equals_formula():
+    model, (x, y) = Linear(K + 2), batch()
+    x_out = batch(8, seed=4)[0]
+    det = SOFL(K, SOFL.Config(reject_classes=2))
+    torch.manual_seed(0)
+    got = det.loss(model, x, y, x_out)
+    torch.manual_seed(0)
+    targets = det.pseudo_labels(model(x_out).detach())
+    expected = F.cross_entropy(model(x), y) + 5.0 * F.cross_entropy(model(x_out), targets)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_rowl_loss_equals_formula_with_a_null_attack():
+    model, (x, y) = Linear(K + 1), batch()
+    x = _grid(x)
+    det = _zero_eps(ROWL(K))
+    expected = 2 * F.cross_entropy(model(x), y)  # CE(nat) + 1.0 * CE(adv), adv = nat when eps = 0
+    assert torch.allclose(det.loss(model, x, y, None), expected, atol=1e-5)

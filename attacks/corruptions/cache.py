@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from attacks.corruptions.cifar import CORRUPTION_VERSION, IMG_SIZE
 from attacks.corruptions.suites import generate_variants, suite_corruption, variant_list, variant_names
+from oodbench.io import pid_alive  # light: no torch in the corruption workers
 
 __all__ = ["STATS", "cache_path", "content_key", "variant_names", "variants_for"]
 
@@ -75,23 +76,13 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, n)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_dead_partials(cache_dir: Path, key: str) -> None:
     """Delete this key's temporary files left by killed generations on this host (their pid is gone); partial
     files of live processes or other hosts are left alone (a concurrent generation may own them)."""
     host = socket.gethostname()
     for path in cache_dir.glob(f"{key}.partial-*.npy"):
         parts = path.name[len(key) + len(".partial-") : -len(".npy")].rsplit("-", 2)
-        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not pid_alive(int(parts[1])):
             path.unlink(missing_ok=True)
 
 

@@ -20,21 +20,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 DEFAULT_PAPER = Path(os.environ.get("OODBENCH_SHARED", REPO.parent / "shared")) / "paper" / "atom-paper.md"
 
-COLUMNS = [
-    "table",
-    "in_dist",
-    "method",
-    "variant",
-    "ood_set",
-    "threat",
-    "metric",
-    "value",
-    "arch",
-    "aux",
-    "q",
-    "lam",
-    "attack",
-]
+from oodbench.paper import COLUMNS  # noqa: E402  (one definition of the tidy columns)
+
 THREATS4 = ["natural", "corruption", "linf", "comp"]
 METRICS2 = ["fpr", "auroc"]
 GROUPS = {
