@@ -92,7 +92,7 @@ class BenchConfig:
     arch: str = "small_cnn"
     device: str = "cpu"
     batch_sizes: tuple[int, ...] | None = None  # raw sweep (None: 32..1024 on CPU, 64..4096 on GPU)
-    eval_batch: int | None = None  # the suite's evaluation batch (None: profile `paper`'s 500 on GPU, `smoke`'s on CPU)
+    eval_batch: int | None = None  # the suite's evaluation batch (None: as the runner chooses, 500 on GPU, 32 on CPU)
     n_ood: int = 1000  # OOD images available to the throughput stages
     stage_seconds: float = 4.0  # target seconds of one repetition of a stage (sizes each stage)
     repeats: int = 3  # repetitions per stage (median)
@@ -1271,7 +1271,8 @@ def run_bench(cfg: BenchConfig, json_path: Path | None = None, log: Callable[[st
     if cfg.eval_batch is None:
         from oodbench.config import get_profile
 
-        cfg = dataclasses.replace(cfg, eval_batch=get_profile("paper" if device.type == "cuda" else "smoke").eval_batch)
+        profile = get_profile("paper" if device.type == "cuda" else "smoke")
+        cfg = dataclasses.replace(cfg, eval_batch=profile.batch_for(device))
     if cfg.batch_sizes is None:
         cfg = dataclasses.replace(
             cfg,

@@ -101,6 +101,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="evaluate this trained checkpoint instead of training (repeatable)",
     )
     parser.add_argument("--init", default=None, help="fine-tune every trained network from this checkpoint")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="base learning rate of every training stage (paper: 0.1; lower it to fine-tune with --init)",
+    )
     parser.add_argument("--pgd-steps", type=int, default=None, help="PGD iterations (paper: 40)")
     parser.add_argument("--pgd-restarts", type=int, default=None, help="PGD random restarts (paper: 1)")
     parser.add_argument("--pgd-step", type=_pixels, default=None, help="PGD step size (paper: 1/255)")
@@ -166,6 +172,7 @@ def run_options(args: argparse.Namespace):
         max_train=args.max_train,
         attack_id=args.attack_id,
         precision=args.precision,
+        lr=args.lr,
         compile=args.compile,
     )
     return options

@@ -79,6 +79,7 @@ class RunOptions:
     max_ood: int | None = None  # overrides the profile's images per OOD set
     max_train: int | None = None  # overrides the profile's in-dist training images
     attack_id: bool = False  # also attack in-dist test images (towards OOD) and report the FNR under attack
+    lr: float | None = None  # base learning rate of every training stage (None: the recipe's, 0.1 in the paper)
     precision: str = "fp32"  # of the attacks' passes (fp32, tf32, bf16; oodbench.accel); scores stay IEEE fp32
     compile: bool = False  # torch.compile the model used inside the attacks
     progress: bool = True
@@ -298,6 +299,7 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
                 "schedule": profile.schedule(in_dist.schedule),
                 "seed": options.seed,
                 "init": init_hash,
+                "lr": options.lr,
                 "version": 1,
             }
         )
@@ -617,6 +619,7 @@ def obtain_model(plan: RunPlan, method: MethodPlan, log) -> torch.nn.Module:
         init=Path(plan.options.init) if plan.options.init else None,
         progress=plan.options.progress,
         log=log,
+        lr=plan.options.lr,
     )
     if method.checkpoint is not None:
         model = build_network(dataclasses.replace(job, init=None))

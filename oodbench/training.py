@@ -51,6 +51,7 @@ class TrainingJob:
     init: Path | None = None
     progress: bool = True
     log: Callable[[str], None] = print
+    lr: float | None = None  # overrides every stage's base learning rate (fine-tuning with --init)
     stage_times: dict[str, float] = field(default_factory=dict)
 
 
@@ -115,8 +116,9 @@ def train(job: TrainingJob) -> nn.Module:
     for stage_index, stage in enumerate(stages):
         if stage_index < start_stage:
             continue
+        base_lr = job.lr if job.lr is not None else stage.lr
         optimizer = torch.optim.SGD(
-            job.detector.param_groups(model, stage.lr, WEIGHT_DECAY), lr=stage.lr, momentum=MOMENTUM, nesterov=True
+            job.detector.param_groups(model, base_lr, WEIGHT_DECAY), lr=base_lr, momentum=MOMENTUM, nesterov=True
         )
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         first_epoch = start_epoch if stage_index == start_stage else 0

@@ -12,8 +12,21 @@ import torch
 
 from oodbench.cli import main
 
-TINY = ["--profile", "smoke", "--epochs", "1", "--max-ood", "16", "--pgd-steps", "2", "--no-progress", "--ood",
-        "tiles", "--threats", "natural,linf"]
+TINY = [
+    "--profile",
+    "smoke",
+    "--epochs",
+    "1",
+    "--max-ood",
+    "16",
+    "--pgd-steps",
+    "2",
+    "--no-progress",
+    "--ood",
+    "tiles",
+    "--threats",
+    "natural,linf",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -47,8 +60,18 @@ def test_truncated_cifar_file_in_the_data_root(tmp_path, capsys):
         pickle.dump({b"label_names": [b"a"] * 10}, handle, protocol=2)
     blob = (folder / "data_batch_3").read_bytes()
     (folder / "data_batch_3").write_bytes(blob[: len(blob) // 3])
-    code, err = run(capsys, "run", "--methods", "msp", "--in", "cifar10", "--data-root", str(tmp_path / "data"),
-                    "--out", str(tmp_path / "run"))
+    code, err = run(
+        capsys,
+        "run",
+        "--methods",
+        "msp",
+        "--in",
+        "cifar10",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert code == 2 and "data_batch_3" in err
     assert not (tmp_path / "run").exists()
 
@@ -60,8 +83,19 @@ def test_image_folder_with_an_unreadable_file(tmp_path, capsys):
 
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(folder / "good.png")
     (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
-    code, err = run(capsys, "run", "--methods", "msp", "--ood", f"folder:{folder}", "--out", str(tmp_path / "run"),
-                    *TINY[:-4], "--threats", "natural")
+    code, err = run(
+        capsys,
+        "run",
+        "--methods",
+        "msp",
+        "--ood",
+        f"folder:{folder}",
+        "--out",
+        str(tmp_path / "run"),
+        *TINY[:-4],
+        "--threats",
+        "natural",
+    )
     assert code == 2 and "broken.jpg" in err
     assert not (tmp_path / "run").exists()
 
@@ -70,15 +104,17 @@ def test_truncated_checkpoint(tmp_path, capsys, trained):
     broken = tmp_path / "broken.pt"
     blob = trained.read_bytes()
     broken.write_bytes(blob[: len(blob) // 2])
-    code, err = run(capsys, "run", "--methods", "msp", "--checkpoint", f"msp={broken}", "--out",
-                    str(tmp_path / "run"), *TINY)
+    code, err = run(
+        capsys, "run", "--methods", "msp", "--checkpoint", f"msp={broken}", "--out", str(tmp_path / "run"), *TINY
+    )
     assert code == 2 and "truncated" in err and str(broken) in err
     assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_of_another_method_or_head(tmp_path, capsys, trained):
-    code, err = run(capsys, "run", "--methods", "atom", "--checkpoint", f"atom={trained}", "--out",
-                    str(tmp_path / "run"), *TINY)
+    code, err = run(
+        capsys, "run", "--methods", "atom", "--checkpoint", f"atom={trained}", "--out", str(tmp_path / "run"), *TINY
+    )
     assert code == 2 and "does not fit this run" in err and "head_size" in err and "recipe" in err
     assert not (tmp_path / "run").exists()
 
@@ -91,8 +127,9 @@ def test_foreign_pickle_is_not_loaded(tmp_path, capsys):
             return (print, ("executed",))
 
     torch.save({"format": "oodbench-checkpoint-v1", "x": Payload()}, evil)
-    code, err = run(capsys, "run", "--methods", "msp", "--checkpoint", f"msp={evil}", "--out", str(tmp_path / "run"),
-                    *TINY)
+    code, err = run(
+        capsys, "run", "--methods", "msp", "--checkpoint", f"msp={evil}", "--out", str(tmp_path / "run"), *TINY
+    )
     assert code == 2 and "cannot be read" in err and "executed" not in err
 
 
