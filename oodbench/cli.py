@@ -345,8 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list = []
 
 
+def _configure_logging() -> None:
+    """Library messages worth a user's eye (e.g. corruption variants generated or reused from the cache) on
+    stderr, once."""
+    import logging
+
+    logger = logging.getLogger("attacks")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `oodbench` console script; returns the exit status."""
+    _configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
