@@ -136,7 +136,9 @@ class CCUConfig:
 
 
 @register_detector(
-    "ccu", summary="classifier + in/out Gaussian mixtures, doubly robust confidence (Meinke & Hein 2020)"
+    "ccu",
+    score_differs_by_protocol=True,
+    summary="classifier + in/out Gaussian mixtures, doubly robust confidence (Meinke & Hein 2020)",
 )
 class CCU(Detector):
     """Loss (SPEC): 1/2 [NLL_DR(in) - mean log(p_in/2 + p_out/2)(x_in)]

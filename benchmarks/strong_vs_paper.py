@@ -20,14 +20,36 @@ def strong_command(run_dir: Path, out: Path) -> list[str]:
     """`oodbench run` arguments that re-evaluate the networks of `run_dir` under the strong protocol."""
     record = json.loads((run_dir / "run.json").read_text())
     options = record["command"]
-    args = ["run", "--methods", ",".join(record["methods"]), "--in", options["in_dist"], "--protocol", "strong",
-            "--profile", options["profile"], "--seed", str(options["seed"]), "--out", str(out), "--no-progress"]
+    args = [
+        "run",
+        "--methods",
+        ",".join(record["methods"]),
+        "--in",
+        options["in_dist"],
+        "--protocol",
+        "strong",
+        "--profile",
+        options["profile"],
+        "--seed",
+        str(options["seed"]),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     for flag, key in (("--ood", "ood"), ("--threats", "threats")):
         if options.get(key):
             args += [flag, ",".join(options[key])]
-    for flag, key in (("--arch", "arch"), ("--aux", "aux"), ("--data-root", "data_root"), ("--epochs", "epochs"),
-                      ("--max-ood", "max_ood"), ("--max-train", "max_train"), ("--pgd-steps", "pgd_steps"),
-                      ("--pgd-restarts", "pgd_restarts"), ("--batch-size", "batch_size")):
+    for flag, key in (
+        ("--arch", "arch"),
+        ("--aux", "aux"),
+        ("--data-root", "data_root"),
+        ("--epochs", "epochs"),
+        ("--max-ood", "max_ood"),
+        ("--max-train", "max_train"),
+        ("--pgd-steps", "pgd_steps"),
+        ("--pgd-restarts", "pgd_restarts"),
+        ("--batch-size", "batch_size"),
+    ):
         if options.get(key) is not None:
             args += [flag, str(options[key])]
     for method, entry in record["methods"].items():
@@ -57,13 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.time() - started
     paper = tidy(load_cells([run_dir]), ["fpr", "auroc"])
     strong = tidy(load_cells([out]), ["fpr", "auroc"])
-    merged = paper.merge(strong, on=["in_dist", "method", "ood_set", "threat", "metric"], suffixes=("_paper", "_strong"))
+    merged = paper.merge(
+        strong, on=["in_dist", "method", "ood_set", "threat", "metric"], suffixes=("_paper", "_strong")
+    )
     fpr = merged[merged["metric"] == "fpr"]
     weaker = fpr[fpr["value_strong"] < fpr["value_paper"] - 1e-9]
     print("\npaper protocol\n" + summary_table(load_cells([run_dir])))
     print("\nstrong protocol (same checkpoints)\n" + summary_table(load_cells([out])))
-    print(f"\nstrong FPR >= paper FPR in {len(fpr) - len(weaker)} of {len(fpr)} cells (per OOD set and averages); "
-          f"strong evaluation wall time {wall / 60:.1f} min")
+    print(
+        f"\nstrong FPR >= paper FPR in {len(fpr) - len(weaker)} of {len(fpr)} cells (per OOD set and averages); "
+        f"strong evaluation wall time {wall / 60:.1f} min"
+    )
     if len(weaker):
         print(weaker.to_string(index=False))
     return 0 if weaker.empty else 1

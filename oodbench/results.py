@@ -213,6 +213,11 @@ def paper_reference(in_dist: str, arch: str, aux: str | None) -> int | None:
     return 5 if in_dist == "svhn" else 1
 
 
+def _score_differs(method: str) -> bool:
+    """Whether a detector's deployed score differs between the paper and the released code (CCU: SPEC 4)."""
+    return method in DETECTORS and bool(DETECTORS.entry(method).meta.get("score_differs_by_protocol"))
+
+
 def vs_paper(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "auroc")) -> str:
     """Measured averages next to the paper's values, with the difference; cells whose protocol differs from
     the published one (the `paper` protocol's corruption / comp cells and CCU) are flagged."""
@@ -245,7 +250,7 @@ def vs_paper(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "auroc"
         note = ""
         if table is None:
             note = "no paper reference for this setting"
-        elif protocol != "atom-code" and (r["threat"] in ("corruption", "comp") or base_method == "ccu"):
+        elif protocol != "atom-code" and (r["threat"] in ("corruption", "comp") or _score_differs(base_method)):
             note = PROTOCOL_DIFFERS
         rows.append(
             [

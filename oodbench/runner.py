@@ -318,7 +318,6 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
                 "method": name,
                 "config": config_dict,
                 "tune": protocol.tune_split,
-                "ccu": protocol.ccu_score,
                 "aux": data_record["aux"]["fingerprint"]
                 if aux is not None and (cls.uses_aux or cls.tunes_on_aux)
                 else None,
