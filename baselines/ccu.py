@@ -229,3 +229,12 @@ class CCU(Detector):
 
     def attack_objective(self, model, x):
         return oe_loss(self._scored(model, x))
+
+    def adaptive_objective(self, model: CCUNet, x):
+        """The deployed confidence through the mixtures (`strong` protocol): log p_in(x) - log p_out(x) plus the
+        base network's log max softmax. Where p_out dominates, DR is uniform up to float32 rounding and eq. 68's
+        gradient vanishes; raising the log-density ratio is then the only way to raise the confidence."""
+        if self.config.base_msp:
+            return torch.log_softmax(model.base(x), dim=1).max(dim=1).values
+        log_p_in, log_p_out = model.densities(x)
+        return log_p_in - log_p_out + torch.log_softmax(model.base(x), dim=1).max(dim=1).values

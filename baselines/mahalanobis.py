@@ -211,6 +211,8 @@ class Mahalanobis(Detector):
         return -F.logsigmoid(self._logit_ood(self._layer_scores(model, x, 0.0, differentiable=True)))
 
     def adaptive_objective(self, model, x):
-        """-log P(OOD) of the deployed score: through the preprocessing (its sign held constant: straight-through)
-        and the regression (`strong` protocol)."""
-        return -F.logsigmoid(self._logit_ood(self._layer_scores(model, x, self.magnitude, differentiable=True)))
+        """The deployed score end to end (`strong` protocol): -(w . M(x~) + b), the regression's logit of OOD,
+        through the input preprocessing (its sign held constant: straight-through). Monotone in the deployed
+        -sigmoid(.), but unlike eq. 69's -log sigmoid it does not saturate: far from the data P(OOD) rounds to 1
+        in float32 and eq. 69's gradient underflows to exactly zero, so PGD on it never moves."""
+        return -self._logit_ood(self._layer_scores(model, x, self.magnitude, differentiable=True))
