@@ -31,8 +31,10 @@ def load_checkpoint(path: Path | str, map_location="cpu") -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, pickle with disallowed globals, not a torch file ...
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        detail = f"{type(error).__name__}: {reason}" if reason else type(error).__name__
         raise CheckpointError(
-            f"checkpoint '{path}' cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            f"checkpoint '{path}' cannot be read ({detail}); "
             "it is truncated or not a checkpoint written by oodbench. Delete it to retrain, or pass another file"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -109,6 +109,11 @@ def test_truncated_checkpoint(tmp_path, capsys, trained):
     )
     assert code == 2 and "truncated" in err and str(broken) in err
     assert not (tmp_path / "run").exists()
+    broken.write_bytes(blob[:1000])  # cut inside the pickle: an error without a message
+    code, err = run(
+        capsys, "run", "--methods", "msp", "--checkpoint", f"msp={broken}", "--out", str(tmp_path / "run"), *TINY
+    )
+    assert code == 2 and "truncated" in err
 
 
 def test_checkpoint_of_another_method_or_head(tmp_path, capsys, trained):
