@@ -4,6 +4,7 @@ directories with its checkpoint, so they evaluate the very same network and can 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -197,7 +198,7 @@ def test_gpu_workers_without_a_gpu_are_a_clear_error(tmp_path, capsys):
 
 
 def test_slurm_without_submitit_or_sbatch_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    if shutil.which("sbatch") is None:
+    if shutil.which("sbatch") is None and importlib.util.find_spec("submitit") is not None:
         code = main(["run", *TINY, "--launcher", "slurm", "--out", str(tmp_path / "run")])
         assert code == 2 and "sbatch" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit now raises ImportError
