@@ -99,24 +99,34 @@ def _cifar_folder(root: Path, classes: int, splits: tuple[str, ...], download: b
     return folder
 
 
-def load_cifar10(root: Path, download: bool = False) -> InDistribution:
-    """CIFAR-10 in-dist: 50,000 / 10,000, CIFAR normalisation, RandomCrop + flip, OOD sets SVHN, Textures,
-    Places365, LSUN-C, LSUN-R, iSUN, TinyImages, q 0.125, ROWL 5,000 outliers, SOFL R = 5 (SPEC sections 2-5)."""
-    folder = _cifar_folder(root, 10, ("train", "test"), download)
+# The per-data-set settings of SPEC sections 2-5 that differ between CIFAR-10 and CIFAR-100: the mining quantile q,
+# ROWL's number of outliers and SOFL's number of reject classes R.
+_CIFAR_SETTINGS = {
+    10: {"default_q": 0.125, "rowl_outliers": 5000, "reject_classes": 5},
+    100: {"default_q": 0.5, "rowl_outliers": 500, "reject_classes": 10},
+}
+
+
+def _load_cifar_in(root: Path, num_classes: int, download: bool) -> InDistribution:
+    folder = _cifar_folder(root, num_classes, ("train", "test"), download)
     return InDistribution(
-        name="cifar10",
-        train=read_cifar(folder, 10, "train"),
-        test=read_cifar(folder, 10, "test"),
-        num_classes=10,
+        name=f"cifar{num_classes}",
+        train=read_cifar(folder, num_classes, "train"),
+        test=read_cifar(folder, num_classes, "test"),
+        num_classes=num_classes,
         normalization=(CIFAR_MEAN, CIFAR_STD),
         augment=True,
         default_ood=CIFAR_OOD,
         default_aux="tinyimages",
-        default_q=0.125,
         schedule="cifar",
-        rowl_outliers=5000,
-        reject_classes=5,
+        **_CIFAR_SETTINGS[num_classes],
     )
+
+
+def load_cifar10(root: Path, download: bool = False) -> InDistribution:
+    """CIFAR-10 in-dist: 50,000 / 10,000, CIFAR normalisation, RandomCrop + flip, OOD sets SVHN, Textures,
+    Places365, LSUN-C, LSUN-R, iSUN, TinyImages, q 0.125, ROWL 5,000 outliers, SOFL R = 5 (SPEC sections 2-5)."""
+    return _load_cifar_in(root, 10, download)
 
 
 def load_cifar10_ood(root: Path, download: bool = False) -> ImageSet:
@@ -127,21 +137,7 @@ def load_cifar10_ood(root: Path, download: bool = False) -> ImageSet:
 
 def load_cifar100(root: Path, download: bool = False) -> InDistribution:
     """CIFAR-100 in-dist (fine labels): as CIFAR-10 but K = 100, q 0.5, ROWL 500 outliers, SOFL R = 10."""
-    folder = _cifar_folder(root, 100, ("train", "test"), download)
-    return InDistribution(
-        name="cifar100",
-        train=read_cifar(folder, 100, "train"),
-        test=read_cifar(folder, 100, "test"),
-        num_classes=100,
-        normalization=(CIFAR_MEAN, CIFAR_STD),
-        augment=True,
-        default_ood=CIFAR_OOD,
-        default_aux="tinyimages",
-        default_q=0.5,
-        schedule="cifar",
-        rowl_outliers=500,
-        reject_classes=10,
-    )
+    return _load_cifar_in(root, 100, download)
 
 
 _register(

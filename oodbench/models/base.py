@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -41,3 +42,17 @@ class OODNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         raise NotImplementedError
+
+
+def he_normal_init(model: nn.Module, conv_fan: int | None = None) -> None:
+    """He-normal conv weights with std sqrt(2 / fan), fan = k*k*out_channels (fan-out) unless `conv_fan` is given;
+    BN (1, 0); linear bias 0. The init of the DenseNet and WRN code the paper builds on."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan = conv_fan if conv_fan is not None else m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)

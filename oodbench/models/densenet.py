@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oodbench.models.base import OODNet
+from oodbench.models.base import OODNet, he_normal_init
 from oodbench.registry import register_arch
 
 InitScheme = Literal["standard", "atom-code"]
@@ -156,18 +156,8 @@ class DenseNet3(OODNet):
 
     def reset_parameters(self) -> None:
         """Initialise the weights with the scheme chosen at construction (see the class docstring)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                if self.init_scheme == "atom-code":
-                    fan = self.layers_per_block  # the stale loop variable of the released code
-                else:
-                    fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        # "atom-code": the released code's fan is the stale loop variable (layers per block)
+        he_normal_init(self, self.layers_per_block if self.init_scheme == "atom-code" else None)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(logits, [conv1 output, after trans1, after trans2, after the final BN-ReLU]), maps not pooled.

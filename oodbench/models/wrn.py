@@ -6,13 +6,11 @@ The ATOM paper's second architecture (SPEC section 3): WRN-40-4, dropout 0, He i
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oodbench.models.base import OODNet
+from oodbench.models.base import OODNet, he_normal_init
 from oodbench.registry import register_arch
 
 
@@ -97,15 +95,7 @@ class WideResNet(OODNet):
 
     def reset_parameters(self) -> None:
         """He-normal conv init (fan-out), BN (1, 0), linear bias 0, as in the WRN / OE code."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        he_normal_init(self)
 
     def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(logits, [conv1 output, block1 output, block2 output, block3 output]), maps not pooled.
