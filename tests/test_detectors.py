@@ -261,6 +261,17 @@ def test_mahalanobis_gaussian_scores_match_numpy_and_fit_runs():
     m0 = det._layer_scores(model, x[:8], 0.0)
     expected = -F.logsigmoid(m0 @ det.weight + det.bias)
     assert torch.allclose(det.attack_objective(model, x[:8]).detach(), expected, atol=1e-4)
+    # the strong protocol's objective follows the deployed score (higher objective, higher score) and keeps its
+    # gradient where P(OOD) rounds to 1 in float32, where eq. 69's gradient is exactly zero
+    det.magnitude, det.bias = 0.0, det.bias + 1000.0
+    x_req = x[:8].clone().requires_grad_(True)
+    (paper_grad,) = torch.autograd.grad(det.attack_objective(model, x_req).sum(), x_req)
+    (strong_grad,) = torch.autograd.grad(det.adaptive_objective(model, x_req).sum(), x_req)
+    assert paper_grad.abs().max() == 0 and strong_grad.abs().max() > 0
+    det.bias -= 1000.0
+    adaptive, deployed = det.adaptive_objective(model, x).detach(), det.score(model, x)
+    ordered = deployed[torch.argsort(adaptive)]
+    assert (ordered[1:] >= ordered[:-1] - 1e-6).all()  # monotone: maximising it maximises the deployed score
 
 
 def _pooled(model, x):
@@ -293,6 +304,14 @@ def test_ccu_mixtures_are_finite_and_dr_reduces_to_softmax_without_p_out():
         net.gmm_out.log_var.fill_(-50.0)
     det.after_step(net)
     assert (net.gmm_out.log_var >= net.gmm_in.log_var.max() + math.log(4) - 1e-6).all()
+    # where p_out dominates, DR is uniform in float32 and eq. 68 has no gradient; the strong protocol's objective
+    # (log-density ratio + base log max softmax) still has one
+    with torch.no_grad():
+        net.gmm_in.means.add_(1000.0)
+    x_req = x[:8].clone().requires_grad_(True)
+    (paper_grad,) = torch.autograd.grad(det.attack_objective(net, x_req).sum(), x_req)
+    (strong_grad,) = torch.autograd.grad(det.adaptive_objective(net, x_req).sum(), x_req)
+    assert paper_grad.abs().max() == 0 and strong_grad.abs().max() > 0
 
 
 def test_ccu_loss_equals_formula():
