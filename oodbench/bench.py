@@ -1475,7 +1475,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     }
     for flag, (kind, text) in sized.items():
         default = getattr(d, flag[2:].replace("-", "_"))
-        shown = {"--eval-batch": "500 on GPU, 256 on CPU", "--ref-id": "N x 10,000 / 54,565"}.get(flag, default)
+        shown = {"--eval-batch": "500 on GPU, 32 on CPU", "--ref-id": "N x 10,000 / 54,565"}.get(flag, default)
         p.add_argument(flag, type=kind, default=None, help=f"{text} (default {shown}; --quick: smaller)")
     p.add_argument("--suite", default=d.suite, help="corruption suite: cifar-c-15 (75 variants) | cifar-c-19 (95)")
     p.add_argument("--workers", type=int, default=None, help="corruption generation processes (default: all cores)")
