@@ -61,6 +61,7 @@ def test_quick_bench_json_schema(quick_result):
         "corruption_search_efficiency_at_least_80pct",
         "corruption_search_efficiency_same_batch_at_least_80pct",
         "four_threat_speedup_at_least_10x",
+        "four_threat_speedup_ceiling",
     }
     assert set(r["section_seconds"]) == {"raw", "stages", "training", "memory", "reference"}
 
@@ -85,6 +86,10 @@ def test_reference_style_matches_the_suite(quick_result):
         assert row["speedup_vs_reference"] == pytest.approx(row["reference_s"] / row["suite_s"])
     overall = ref["overall"]
     assert overall["speedup_vs_reference"] == pytest.approx(overall["reference_s"] / overall["suite_s"])
+    # the ceiling counts the same attack work at the raw rates: 8 OOD + its in-dist images, 75 variants, 2 PGD steps
+    work = overall["ideal_work"]
+    assert work["forwards"] == ref["n_id"] + 8 * (1 + 75 + 2) and work["fwd_grads"] == 2 * 8 * 2
+    assert overall["speedup_ceiling"] == pytest.approx(overall["reference_s"] / overall["ideal_suite_s"])
     assert ref["generation"]["included"] is False and ref["generation"]["suite_one_off_s"] > 0
     assert ref["released_code_pgd"]["extra_cost_factor"] > 0
 
