@@ -15,4 +15,5 @@ def progress(iterable: Iterable[T], desc: str = "", enabled: bool = True, **kwar
     """Wrap `iterable` in a tqdm bar on stderr unless disabled (argument or OODBENCH_PROGRESS=0)."""
     if not enabled or os.environ.get("OODBENCH_PROGRESS", "1") == "0":
         return iterable
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, **kwargs)
+    kwargs.setdefault("leave", False)
+    return tqdm(iterable, desc=desc, dynamic_ncols=True, **kwargs)

@@ -159,3 +159,14 @@ def test_table_without_runs_is_a_clear_error(capsys, tmp_path, monkeypatch):
 def test_readme_commands_match_the_cli():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "oodbench run" in readme and "python -m pytest" in readme
+
+
+def test_a_run_with_progress_bars_on(tmp_path, capsys, cache, monkeypatch):
+    """The other tests silence the bars; this one runs training, mining, the variant cache and all four threat
+    models with every bar on, as the README's first command does."""
+    monkeypatch.setenv("OODBENCH_PROGRESS", "1")
+    args = [a for a in TINY if a != "--no-progress"]
+    code, _, err = _run(capsys, "run", "--methods", "msp,atom", *args, "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    for bar in ("epoch 1", "linf", "comp"):
+        assert bar in err, bar
