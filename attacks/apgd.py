@@ -57,7 +57,7 @@ def apgd_start_noise(shape: tuple[int, ...], generator: torch.Generator, device=
 def apgd_start_noise_for_set(n: int, shape: tuple[int, ...], restarts: int, seed: int, device) -> list[torch.Tensor]:
     """One int8 random start per restart for a whole set of `n` images (drawn on the CPU from `seed`), so the
     attack does not depend on the batch size (as `attacks.base.start_noise_for_set` for PGD)."""
-    from attacks.base import derive_seed
+    from oodbench.seeding import derive_seed
 
     noises = []
     for restart in range(max(1, restarts)):

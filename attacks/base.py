@@ -4,7 +4,6 @@ under attack (SPEC section 6). It sees the detector only through `attack_objecti
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -13,6 +12,8 @@ import torch
 from torch import nn
 
 from attacks.pgd import PGDConfig, random_start_noise
+from oodbench.scoring import to_unit  # noqa: F401  (re-exported: attacks import it from here)
+from oodbench.seeding import derive_seed  # noqa: F401  (re-exported: its home was here)
 
 if TYPE_CHECKING:
     from oodbench.detector import Detector
@@ -44,10 +45,28 @@ class AttackContext:
 
 
 class ThreatModel:
-    """Base class; register subclasses with `@register_threat(name)`."""
+    """Base class; register subclasses with `@register_threat(name)`. Only `scores` is required: the class
+    attributes below have defaults, so a minimal threat model is one method."""
 
+    #: set by `@register_threat(name)` (never written by hand)
     name: ClassVar[str] = ""
+    #: column title in the tables (default: the name)
+    title: ClassVar[str] = ""
+    #: column position in the tables and execution order within an OOD set (Table 1: natural, corruption, L-inf, comp)
+    order: ClassVar[float] = 1000.0
+    #: relative compute of one cell (natural = 1), how `--gpus` / `--launcher slurm` balance the cells of a run
+    cost: ClassVar[float] = 8.0
+    #: part of the default `--threats` (the paper's four)
+    default: ClassVar[bool] = False
+    #: the paper's numbers of this threat model come from the released code's settings of it (the corruption
+    #: suites differ), so `table --vs-paper` flags cells of other protocols
+    published_with_code_settings: ClassVar[bool] = False
     white_box: ClassVar[bool] = False
+
+    @classmethod
+    def table_title(cls) -> str:
+        """The column title of this threat model's tables (its `title`, else its name)."""
+        return cls.title or cls.name
 
     def config(self, ctx: AttackContext) -> dict[str, Any]:
         """The settings that change this threat model's numbers (part of the cell key)."""
@@ -58,12 +77,6 @@ class ThreatModel:
         raise NotImplementedError
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed derived from any parts (stable across processes and Python versions)."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
 def start_noise_for_set(n: int, shape: tuple[int, ...], config: PGDConfig, seed: int, device) -> list[torch.Tensor]:
     """One int8 random start per restart for a whole set of `n` images, independent of the batch size."""
     noises = []
@@ -71,8 +84,3 @@ def start_noise_for_set(n: int, shape: tuple[int, ...], config: PGDConfig, seed:
         generator = torch.Generator(device="cpu").manual_seed(derive_seed(seed, "pgd-start", restart))
         noises.append(random_start_noise((n, *shape), config.eps, generator).to(device))
     return noises
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [0, 1] (on the images' device)."""
-    return images.float().div_(255.0)

@@ -14,22 +14,18 @@ import dataclasses
 import numpy as np
 import torch
 
-from attacks.base import AttackContext, ThreatModel, to_unit
+from attacks.base import AttackContext, ThreatModel
 from attacks.corruptions import variant_list, variants_for
 from attacks.linf import pgd_scores
 from attacks.strong import apgd_config
 from oodbench.progress import progress
 from oodbench.registry import register_threat
+from oodbench.scoring import map_batches
 
 
 @torch.no_grad()
 def _search_scores(detector, model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat(
-        [
-            detector.search_score(model, to_unit(images[s : s + batch_size])).float()
-            for s in range(0, len(images), batch_size)
-        ]
-    )
+    return map_batches(lambda x: detector.search_score(model, x).float(), images, batch_size)
 
 
 def corruption_search(detector, model, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
@@ -66,26 +62,29 @@ def corruption_search(detector, model, images: torch.Tensor, ctx: AttackContext)
 class CorruptionAttack(ThreatModel):
     """Corruption attacked OOD (Table 1, 'Corruption OOD')."""
 
-    name = "corruption"
+    title = "Corruption"
+    order = 20
+    cost = 4.0
+    default = True
+    published_with_code_settings = True
 
     def config(self, ctx):
         return {"suite": ctx.corruption_suite, "seed": ctx.corruption_seed}
 
     def scores(self, detector, model, images, ctx):
         chosen = corruption_search(detector, model, images, ctx)
-        return torch.cat(
-            [
-                detector.score(model, to_unit(chosen[s : s + ctx.batch_size])).float()
-                for s in range(0, len(chosen), ctx.batch_size)
-            ]
-        )
+        return map_batches(lambda x: detector.score(model, x).float(), chosen, ctx.batch_size)
 
 
 @register_threat("comp", summary="compositional: corruption attack, then L-inf PGD around the corrupted image")
 class CompositionalAttack(ThreatModel):
     """Compositionally attacked OOD (Table 1, 'Comp. OOD')."""
 
-    name = "comp"
+    title = "Comp."
+    order = 40
+    cost = 12.0
+    default = True
+    published_with_code_settings = True
     white_box = True
 
     def config(self, ctx):

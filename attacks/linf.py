@@ -47,7 +47,10 @@ def pgd_scores(detector, model, images: torch.Tensor, ctx: AttackContext, desc: 
 class LinfPGD(ThreatModel):
     """L-inf attacked OOD (Table 1, 'L_inf OOD'): white-box PGD on the detector's attack objective."""
 
-    name = "linf"
+    title = "L-inf"
+    order = 30
+    cost = 8.0
+    default = True
     white_box = True
 
     def config(self, ctx):

@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from attacks.apgd import apgd_linf, apgd_start_noise_for_set
-from attacks.base import AttackContext, derive_seed, start_noise_for_set, to_unit
+from attacks.base import AttackContext, start_noise_for_set, to_unit
 from attacks.pgd import pgd_linf
 from oodbench.accel import attack_autocast, fp32_scoring
 from oodbench.detector import Detector
 from oodbench.progress import progress
+from oodbench.seeding import derive_seed
 
 #: inspect(attack name, index of the batch's first image, source batch, adversarial batch): sees every attacked point
 Inspect = Callable[[str, int, torch.Tensor, torch.Tensor], None]

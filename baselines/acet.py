@@ -28,7 +28,7 @@ class ACET(OE):
     """Loss: CE(in) + lambda * mean OE(outliers), where half of the outliers are PGD points maximising the OE
     loss (eps 8/255, 5 x 2/255, random start, model in eval mode). Score: MSP. Attack: eq. 68."""
 
-    name = "acet"
+    order = 60  # position in the paper's Table 1
     Config = ACETConfig
 
     def __init__(self, num_classes, config=None):

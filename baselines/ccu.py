@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.base import derive_seed
 from oodbench.data import random_crop_flip
 from oodbench.detector import Detector, Stage, msp, oe_loss
 from oodbench.registry import register_detector
+from oodbench.seeding import derive_seed
 
 
 class PCAWhitening(nn.Module):
@@ -132,7 +132,7 @@ class CCUConfig:
     components: int | None = None
     out_fit_images: int = 20050
     mixture_lr: float = 1e-5
-    base_msp: bool | None = None  # None: from the protocol (atom-code scores the base network's MSP)
+    base_msp: bool = False  # score the base network's MSP, as the released code does (the atom-code protocol)
 
 
 @register_detector(
@@ -146,7 +146,7 @@ class CCU(Detector):
     out-log-variance is clamped to >= max(in-log-variance) + log 4. Score: max_y DR(y | x) (atom-code: the base
     network's MSP). Attack: eq. 68 on the scored model."""
 
-    name = "ccu"
+    order = 70  # position in the paper's Table 1
     uses_aux = True
     Config = CCUConfig
 
@@ -154,8 +154,6 @@ class CCU(Detector):
     def resolve_defaults(cls, config, ctx):
         if config.components is None:
             config.components = ctx.profile.gmm_components
-        if config.base_msp is None:
-            config.base_msp = ctx.protocol.ccu_score == "base_msp"
         return config
 
     def __init__(self, num_classes, config=None):

@@ -15,6 +15,7 @@ from baselines.odin import ge_sign
 from oodbench.detector import Detector
 from oodbench.metrics import fpr_at_tpr
 from oodbench.registry import register_detector
+from oodbench.scoring import map_batches
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Mahalanobis(Detector):
     lowest FPR@95 (SPEC section 4). Attack (paper eq. 69): -log sigmoid(w . M(x') + b) without preprocessing.
     """
 
-    name = "mahalanobis"
+    order = 30  # position in the paper's Table 1
     recipe = "vanilla"
     Config = MahalanobisConfig
 
@@ -157,16 +158,7 @@ class Mahalanobis(Detector):
         self.bias = float(regression.intercept_[0])
 
     def _batched_layer_scores(self, model, x, magnitude, batch_size) -> np.ndarray:
-        return (
-            torch.cat(
-                [
-                    self._layer_scores(model, x[s : s + batch_size], magnitude).cpu()
-                    for s in range(0, len(x), batch_size)
-                ]
-            )
-            .double()
-            .numpy()
-        )
+        return map_batches(lambda z: self._layer_scores(model, z, magnitude).cpu(), x, batch_size).double().numpy()
 
     # ----- persistence --------------------------------------------------------------------------------
     def fitted_state(self):

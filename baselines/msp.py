@@ -10,7 +10,7 @@ from oodbench.registry import register_detector
 class MSP(Detector):
     """Score: max_i softmax_i(f(x)). Attack: eq. 68, mean_i -log F_i(x) (cross-entropy to uniform)."""
 
-    name = "msp"
+    order = 10  # position in the paper's Table 1
     recipe = "vanilla"
 
     def score_logits(self, logits):

@@ -26,7 +26,7 @@ class OEConfig:
 class OE(Detector):
     """Loss: CE(in) + lambda * mean OE(out), OE(x) = logsumexp(z) - mean(z). Score: MSP. Attack: eq. 68."""
 
-    name = "oe"
+    order = 50  # position in the paper's Table 1
     uses_aux = True
     Config = OEConfig
 

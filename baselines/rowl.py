@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attacks.base import derive_seed
 from attacks.pgd import pgd_linf
 from oodbench.data.base import ImageSet
 from oodbench.detector import Detector, Stage
 from oodbench.registry import register_detector
+from oodbench.seeding import numpy_rng
 
 
 @dataclass
@@ -23,6 +24,10 @@ class ROWLConfig:
     outliers: int | None = None
     batch: int = 128
     lam: float = 1.0
+
+    #: the outlier class's size per in-distribution set (SPEC section 4; the built-in digits: ~1/10 of its
+    #: training set, as CIFAR-10's 5,000 for 50,000); any other set: a tenth of its training set
+    OUTLIERS_PER_DATASET: ClassVar[dict[str, int]] = {"cifar10": 5000, "cifar100": 500, "svhn": 7325, "digits": 130}
 
 
 class RetargetingObjective:
@@ -45,7 +50,7 @@ class ROWL(Detector):
     """Deployed score: 0 if argmax over K+1 is an in-dist class, else -1, with the fixed threshold -0.5 (SPEC
     section 1); search score -softmax_{K+1}; attack (eq. 71) -log F_{K+1}; accuracy over all K+1 outputs."""
 
-    name = "rowl"
+    order = 80  # position in the paper's Table 1
     extra_outputs = 1
     uses_aux = True
     fixed_threshold = -0.5
@@ -54,7 +59,8 @@ class ROWL(Detector):
     @classmethod
     def resolve_defaults(cls, config, ctx):
         if config.outliers is None:
-            config.outliers = ctx.in_dist.rowl_outliers
+            default = max(1, len(ctx.in_dist.train) // 10)
+            config.outliers = config.OUTLIERS_PER_DATASET.get(ctx.in_dist.name, default)
         return config
 
     def __init__(self, num_classes, config=None):
@@ -64,7 +70,7 @@ class ROWL(Detector):
     def training_set(self, ctx, train):
         """The in-dist training set plus a fixed outlier class (label K) drawn once from the pool."""
         count = self.config.outliers or max(1, len(train) // 10)
-        rng = np.random.default_rng(derive_seed("rowl-outliers", train.fingerprint()) % (2**32))
+        rng = numpy_rng("rowl-outliers", train.fingerprint())
         positions = np.sort(rng.choice(len(ctx.aux), size=min(count, len(ctx.aux)), replace=False))
         outliers = ctx.aux.get(positions)
         if outliers.shape[-1] != train.images.shape[-1]:  # ImageNet-RC: the central crop

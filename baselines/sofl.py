@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,10 @@ class SOFLConfig:
     in_batch: int = 64
     out_batch: int = 320
 
+    #: R per in-distribution set (SPEC section 4); any other set: 5
+    REJECT_CLASSES_PER_DATASET: ClassVar[dict[str, int]] = {"cifar100": 10}
+    DEFAULT_REJECT_CLASSES: ClassVar[int] = 5
+
 
 @register_detector(
     "sofl", summary="reject classes learnt from auxiliary outliers in a second stage (Mohseni et al. 2020)"
@@ -30,14 +35,16 @@ class SOFL(Detector):
     else a reject class drawn uniformly at random (per outlier, redrawn every batch).
     Score: -sum of reject-class softmax. Attack (eq. 70): -log sum_reject softmax."""
 
-    name = "sofl"
+    order = 40  # position in the paper's Table 1
     uses_aux = True
     Config = SOFLConfig
 
     @classmethod
     def resolve_defaults(cls, config, ctx):
         if config.reject_classes is None:
-            config.reject_classes = ctx.in_dist.reject_classes
+            config.reject_classes = config.REJECT_CLASSES_PER_DATASET.get(
+                ctx.in_dist.name, config.DEFAULT_REJECT_CLASSES
+            )
         return config
 
     def __init__(self, num_classes, config=None):

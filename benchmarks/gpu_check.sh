@@ -7,7 +7,7 @@
 # reference-style comparison (the released code's evaluation structure vs the suite, scores checked), the peak
 # memory of the corruption search for 75 vs 95 variants, and the CIFAR-10 projections (four-threat evaluation of one
 # method on the six OOD sets, ATOM's 100-epoch training). Then the attack-precision experiment (fp32 / tf32 /
-# bf16 FPR under PGD, `python -m oodbench.accel`). Every `timeout` leaves the JSON written so far.
+# bf16 FPR under PGD, `python -m oodbench.tools.precision`). Every `timeout` leaves the JSON written so far.
 #
 # Run from the repository root, with the project installed in the interpreter given by $PYTHON:
 #     PYTHON=.venv/bin/python benchmarks/gpu_check.sh
@@ -62,7 +62,7 @@ if [ "$DEVICE" != "cpu" ]; then
     echo
     echo "== attack precision (fp32 / tf32 / bf16) on the GPU (limit ${ACCEL_TIMEOUT} s)"
     timeout --signal=TERM --kill-after=10 "$ACCEL_TIMEOUT" \
-        "$PYTHON" -m oodbench.accel --device "$DEVICE" --json "$RESULTS/accel-cuda.json" > "$RESULTS/accel-cuda.log" 2>&1 \
+        "$PYTHON" -m oodbench.tools.precision --device "$DEVICE" --json "$RESULTS/accel-cuda.json" > "$RESULTS/accel-cuda.log" 2>&1 \
         || { echo "!! precision experiment failed or timed out (see $RESULTS/accel-cuda.log)" >&2; status=1; }
 fi
 

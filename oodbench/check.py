@@ -10,12 +10,12 @@ a CSV baseline from the run (how `results/reference/` is refreshed after an inte
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from oodbench.commands import add_command
 from oodbench.errors import ConfigError
 from oodbench.io import atomic_path
 from oodbench.results import TIDY_COLUMNS, load_cells, paper_reference, tidy
@@ -165,9 +165,4 @@ def register(sub) -> None:
     parser.set_defaults(func=cmd_check)
 
 
-from oodbench import cli as _cli  # noqa: E402  (registration of the subcommand)
-
-_cli._EXTRA_COMMANDS.append(register)
-
-if __name__ == "__main__":
-    sys.exit(_cli.main(["check", *sys.argv[1:]]))
+add_command(register)

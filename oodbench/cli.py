@@ -9,179 +9,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from fractions import Fraction
 from pathlib import Path
 
-from oodbench.errors import ConfigError, OodbenchError
+from oodbench.commands import registered_commands
+from oodbench.errors import OodbenchError
+from oodbench.options import RunOptions, add_run_arguments, from_args, parse_csv
 
 
 def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    return parse_csv(text)
 
 
-def _pixels(text: str) -> float:
-    """A pixel-space magnitude: '8/255', '0.0314' or '8' (read as 8/255 when > 1)."""
-    try:
-        value = float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number or fraction such as 8/255") from None
-    return value / 255.0 if value > 1 else value
-
-
-def _assignments(items: list[str] | None, what: str, dotted: bool) -> dict:
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"{what} '{item}' must look like {'METHOD.FIELD=VALUE' if dotted else 'KEY=VALUE'}")
-        key, value = item.split("=", 1)
-        if dotted:
-            if "." not in key:
-                raise ConfigError(f"{what} '{item}' must look like METHOD.FIELD=VALUE (e.g. atom.q=0.25)")
-            method, field = key.split(".", 1)
-            out.setdefault(method.strip(), {})[field.strip()] = value.strip()
-        else:
-            out[key.strip()] = value.strip()
-    return out
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `run` and the commands that plan a run (sanity, launch)."""
-    parser.add_argument(
-        "--methods",
-        type=_csv,
-        default=["all"],
-        help="comma-separated detectors, or 'all' (the paper's ten); see `oodbench list`",
-    )
-    parser.add_argument(
-        "--in",
-        dest="in_dist",
-        default="digits",
-        help="in-distribution data set (default: the built-in 'digits' benchmark)",
-    )
-    parser.add_argument("--ood", type=_csv, default=None, help="OOD test sets (default: the in-dist set's six)")
-    parser.add_argument(
-        "--threats", type=_csv, default=None, help="threat models (default: natural,corruption,linf,comp)"
-    )
-    parser.add_argument("--arch", default=None, help="architecture (default: the profile's: densenet100 / small_cnn)")
-    parser.add_argument("--aux", default=None, help="auxiliary outlier pool (default: the in-dist set's)")
-    parser.add_argument("--data-root", default=None, help="folder holding the data sets (see `oodbench data`)")
-    parser.add_argument("--download", action="store_true", help="download CIFAR/SVHN through torchvision if missing")
-    parser.add_argument(
-        "--out", default=None, help="run directory (default: oodbench-runs/<in>-<protocol>-<profile>-seed<S>)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--protocol", default="paper", help="paper | atom-code | strong (SPEC preamble)")
-    parser.add_argument("--profile", default="paper", help="paper (full scale) | smoke (tiny, CPU minutes)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        metavar="METHOD.FIELD=VALUE",
-        help="override a method's hyper-parameter, e.g. --set atom.q=0.25 (repeatable)",
-    )
-    parser.add_argument(
-        "--switch",
-        dest="switches",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override one protocol switch, e.g. --switch corruption_suite=cifar-c-19",
-    )
-    parser.add_argument(
-        "--tune-split",
-        choices=["test", "heldout"],
-        default=None,
-        help="ODIN/Mahalanobis tuning images: in-dist test (paper, code) or held-out training",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        dest="checkpoints",
-        action="append",
-        metavar="METHOD=PATH",
-        help="evaluate this trained checkpoint instead of training (repeatable)",
-    )
-    parser.add_argument("--init", default=None, help="fine-tune every trained network from this checkpoint")
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="base learning rate of every training stage (paper: 0.1; lower it to fine-tune with --init)",
-    )
-    parser.add_argument("--pgd-steps", type=int, default=None, help="PGD iterations (paper: 40)")
-    parser.add_argument("--pgd-restarts", type=int, default=None, help="PGD random restarts (paper: 1)")
-    parser.add_argument("--pgd-step", type=_pixels, default=None, help="PGD step size (paper: 1/255)")
-    parser.add_argument("--pgd-eps", type=_pixels, default=None, help="L-inf radius (paper: 8/255)")
-    parser.add_argument("--batch-size", type=int, default=None, help="evaluation / attack batch size")
-    parser.add_argument(
-        "--epochs", type=int, default=None, help="override the profile's epochs (lr steps at 50/75/90%%)"
-    )
-    parser.add_argument("--max-ood", type=int, default=None, help="override the profile's images per OOD set")
-    parser.add_argument("--max-train", type=int, default=None, help="override the profile's in-dist training images")
-    parser.add_argument("--cache-dir", default=None, help="cache of corruption variants (default: ~/.cache/oodbench)")
-    parser.add_argument(
-        "--attack-id",
-        action="store_true",
-        help="also attack in-dist test images towards OOD and report the FNR under attack",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=["fp32", "tf32", "bf16"],
-        default="fp32",
-        help="precision of the attacks' passes (scores are always IEEE fp32); fp32 is the default "
-        "because bf16 measurably weakened PGD (oodbench.accel)",
-    )
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model inside the attacks")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run_options(args: argparse.Namespace):
-    """RunOptions from parsed arguments."""
-    from oodbench.runner import RunOptions
-
-    switches = _assignments(args.switches, "--switch", dotted=False)
-    if args.tune_split:
-        switches["tune_split"] = args.tune_split
-    options = RunOptions(
-        methods=args.methods,
-        in_dist=args.in_dist,
-        ood=args.ood,
-        threats=args.threats or default_threats(),
-        arch=args.arch,
-        aux=args.aux,
-        protocol=args.protocol,
-        profile=args.profile,
-        seed=args.seed,
-        data_root=args.data_root,
-        out=args.out,
-        device=args.device,
-        download=args.download,
-        overrides=_assignments(args.settings, "--set", dotted=True),
-        protocol_overrides=switches,
-        checkpoints=_assignments(args.checkpoints, "--checkpoint", dotted=False),
-        init=args.init,
-        train_only=getattr(args, "train_only", False),
-        pgd_steps=args.pgd_steps,
-        pgd_restarts=args.pgd_restarts,
-        pgd_step_size=args.pgd_step,
-        pgd_eps=args.pgd_eps,
-        batch_size=args.batch_size,
-        cache_dir=args.cache_dir,
-        progress=not args.no_progress,
-        epochs=args.epochs,
-        max_ood=args.max_ood,
-        max_train=args.max_train,
-        attack_id=args.attack_id,
-        precision=args.precision,
-        lr=args.lr,
-        compile=args.compile,
-    )
-    return options
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """RunOptions from parsed `run` arguments (the options are generated from its fields: `oodbench.options`)."""
+    return from_args(args)
 
 
 def default_threats() -> list[str]:
-    from oodbench.registry import THREATS
+    """The registered threat models that declare themselves part of the default grid (the paper's four)."""
+    from oodbench.registry import default_threats as declared_defaults
 
-    return [t for t in ("natural", "corruption", "linf", "comp") if t in THREATS]
+    return declared_defaults()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -298,7 +146,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train what is missing and evaluate a grid of cells")
     add_run_arguments(run)
-    run.add_argument("--train-only", action="store_true", help="train the networks, evaluate nothing")
     scale = run.add_argument_group("scale-out (see oodbench.launch)")
     scale.add_argument(
         "--launcher",
@@ -336,13 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--output", "-o", default=None, help="write to a file instead of stdout")
     table.set_defaults(func=cmd_table)
 
-    for register in _extra_commands():
+    _load_extra_commands()
+    for register in registered_commands():
         register(sub)
     return parser
-
-
-#: later modules append functions that add their subcommands (check, bench, sanity, plot, launch)
-_EXTRA_COMMANDS: list = []
 
 
 def _configure_logging() -> None:
@@ -377,24 +221,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _extra_commands() -> list:
-    """The registered extra subcommands. Under `python -m oodbench.cli` this file runs as `__main__`, a second
-    copy of the module: the extra modules register into the importable `oodbench.cli`, so read its list."""
-    import importlib
-
-    _load_extra_commands()
-    return importlib.import_module("oodbench.cli")._EXTRA_COMMANDS
-
-
 def _load_extra_commands() -> None:
+    """Import the modules that add subcommands: `check` and every module of `oodbench.tools`."""
     import importlib
 
-    for module in ("oodbench.check", "oodbench.bench", "oodbench.sanity", "oodbench.plots", "oodbench.launch"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:
-                raise
+    from oodbench.registry import import_submodules
+
+    importlib.import_module("oodbench.check")
+    import_submodules("oodbench.tools")
 
 
 if __name__ == "__main__":

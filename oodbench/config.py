@@ -18,19 +18,28 @@ from oodbench.errors import UnknownNameError
 
 @dataclass(frozen=True)
 class Protocol:
-    """The switches where the paper, the released code and a stronger evaluation differ."""
+    """The switches where the paper, the released code and a stronger evaluation differ: those of the training
+    loop, the threat models and the tuning split here, and those of a method as presets of its Config
+    (`method_settings`: method -> Config field -> value, applied before the per-data-set defaults and `--set`)."""
 
     name: str
     aux_sampling: str = "uniform"  # "uniform" (paper) | "contiguous" (atom-code: a block from a random offset)
     corruption_suite: str = "cifar-c-15"  # 75 variants (paper) | "cifar-c-19": 95 (atom-code)
-    odin_magnitude: str = "tuned"  # "tuned" on the grid | "published" (the paper's values)
-    ccu_score: str = "dr"  # "dr": doubly robust confidence | "base_msp": the code's base-network MSP
     densenet_init: str = "standard"  # "standard" | "atom-code" (every conv std sqrt(2/16))
     adaptive: bool = False  # strong: APGD + restarts + deployed-score objectives, worst case per sample
     tune_split: str = "test"  # "test": the paper's 1,000 in-dist test images | "heldout": training images
+    method_settings: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> Protocol:
         return dataclasses.replace(self, **changes)
+
+    def settings_for(self, method: str) -> dict:
+        """The Config fields this protocol presets for `method`."""
+        return dict(self.method_settings.get(method, {}))
+
+    def architecture_options(self) -> dict:
+        """Options for the architectures that declare them (`register_arch(..., options=(...))`)."""
+        return {"init": self.densenet_init}
 
 
 PROTOCOLS = {
@@ -39,11 +48,17 @@ PROTOCOLS = {
         "atom-code",
         aux_sampling="contiguous",
         corruption_suite="cifar-c-19",
-        odin_magnitude="published",
-        ccu_score="base_msp",
         densenet_init="atom-code",
+        method_settings={"odin": {"magnitude_source": "published"}, "ccu": {"base_msp": True}},
     ),
     "strong": Protocol("strong", adaptive=True),
+}
+
+#: the former protocol switches that are method settings now: `--switch KEY=VALUE` still sets them, as
+#: (method, Config field, {switch value: field value})
+METHOD_SWITCHES = {
+    "odin_magnitude": ("odin", "magnitude_source", {"tuned": "tuned", "published": "published"}),
+    "ccu_score": ("ccu", "base_msp", {"dr": False, "base_msp": True}),
 }
 
 #: protocol switches that change training (part of the checkpoint key); the rest only change evaluation

@@ -35,8 +35,8 @@ class Stage:
     """One training stage: a fresh SGD optimiser running `epochs` epochs (SPEC section 3).
 
     `outliers`: "none" (in-dist only), "uniform" (a fresh random draw of auxiliary images each epoch), or
-    "mined" (informative outlier mining, SPEC section 5). `loss(model, x_in, y_in, x_out)` returns the
-    scalar training loss of one batch (x_out is None without outliers).
+    "mined" (informative outlier mining, SPEC section 5, with the stage's `mining` settings). `loss(model, x_in,
+    y_in, x_out)` returns the scalar training loss of one batch (x_out is None without outliers).
     """
 
     name: str
@@ -47,6 +47,17 @@ class Stage:
     out_batch: int = 0
     outliers: str = "none"
     lr: float = 0.1
+    mining: Mining | None = None  # with outliers="mined"
+
+
+@dataclass(frozen=True)
+class Mining:
+    """Informative outlier mining of one stage (Algorithm 1, SPEC section 5): every epoch, score N candidates drawn
+    from the auxiliary pool and keep the n after the q-quantile by OOD score (`oodbench.mining.mine_outliers`)."""
+
+    q: float = 0.0
+    n: int | None = None  # outliers per epoch (None: 2 |train|)
+    candidates: int | None = None  # N (None: 4 n)
 
 
 @dataclass
@@ -78,7 +89,10 @@ class BuildContext:
 class Detector:
     """Base class. Subclasses set the class attributes and override what differs (see module docstring)."""
 
+    #: set by `@register_detector(name)` (never written by hand)
     name: ClassVar[str] = ""
+    #: position in tables and in `--methods all` (the paper's Table 1); unset: after the paper's, by file name
+    order: ClassVar[float] = 1000.0
     #: which trained network it scores: "vanilla" for the post-hoc methods (MSP, ODIN, Mahalanobis share it)
     recipe: ClassVar[str] = ""
     #: head size = K + extra_outputs
@@ -99,17 +113,19 @@ class Detector:
     # ----- configuration ---------------------------------------------------------------------------
     @classmethod
     def make_config(cls, ctx: BuildContext | None = None, overrides: dict[str, Any] | None = None) -> Any:
-        """The method's Config with data-set-dependent defaults resolved and `overrides` applied."""
+        """The method's Config: its defaults, then the protocol's presets for it (`Protocol.method_settings`),
+        then `overrides` (`--set`), then the data-set-dependent defaults still unset (`resolve_defaults`)."""
         config = cls.Config()
-        if ctx is not None:
-            config = cls.resolve_defaults(config, ctx)
         fields = {f.name: f for f in dataclasses.fields(config)}
-        for key, value in (overrides or {}).items():
+        presets = ctx.protocol.settings_for(cls.name) if ctx is not None and ctx.protocol is not None else {}
+        for key, value in [*presets.items(), *(overrides or {}).items()]:
             if key not in fields:
                 from oodbench.errors import ConfigError
 
                 raise ConfigError(f"{cls.name} has no setting '{key}' (settings: {', '.join(fields) or 'none'})")
             config = dataclasses.replace(config, **{key: _coerce(value, fields[key].type)})
+        if ctx is not None:
+            config = cls.resolve_defaults(config, ctx)
         return config
 
     @classmethod

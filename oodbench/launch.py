@@ -44,7 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from oodbench.cachedir import cache_env
 from oodbench.errors import ConfigError, OodbenchError
+from oodbench.registry import threat_cost
+from oodbench.rundir import FINAL_CHECKPOINT, RunDir, merge_run_json
 
 if TYPE_CHECKING:
     from oodbench.runner import CellPlan, RunOptions, RunPlan
@@ -53,7 +56,6 @@ Log = Callable[[str], None]
 JobHook = Callable[["Job"], None]
 
 #: rough relative cost of a cell per threat model (PGD steps dominate), used only to balance the groups
-THREAT_COST = {"natural": 1.0, "corruption": 4.0, "linf": 8.0, "comp": 12.0}
 #: threats that reuse another threat's work on the same (method, OOD set) through the runner's memo: kept together
 SHARES_WORK_WITH = {"comp": "corruption"}
 POLL_SECONDS = 0.2
@@ -110,7 +112,7 @@ def launch(
     processes through the same code, for tests). `job_hook` is called with every job before it starts (tests
     use it to break one job). User errors raise `OodbenchError` before anything is started.
     """
-    from oodbench.runner import _update_run_json, plan_run
+    from oodbench.runner import plan_run
 
     use_slurm = getattr(args, "launcher", "local") == "slurm"
     gpus = list(getattr(args, "gpus", None) or [])
@@ -130,10 +132,10 @@ def launch(
     plan.record["launch"] = (
         {"launcher": "slurm", "cluster": cluster} if use_slurm else {"launcher": "processes", "gpus": gpus}
     )
-    _update_run_json(plan)
+    merge_run_json(plan.run_dir, plan.record, str(plan.device))
 
     base = job_options(options, plan)
-    pending = [c for c in plan.cells if not (plan.run_dir / "cells" / f"{c.key}.json").exists()]
+    pending = [c for c in plan.cells if not RunDir(plan.run_dir).cell_finished(c.key)]
     if not pending and not options.train_only:
         log(f"all {len(plan.cells)} cells of {plan.run_dir} are finished; nothing to do")
         return 0
@@ -188,8 +190,7 @@ def job_options(options: RunOptions, plan: RunPlan) -> dict[str, Any]:
 def _job_env() -> dict[str, str]:
     # the cache of decoded data sets and corruption variants must be the submitting process's, also on a node
     # that starts in another directory
-    cache = os.environ.get("OODBENCH_CACHE")
-    return {"OODBENCH_CACHE": str(Path(cache).resolve())} if cache else {}
+    return cache_env()
 
 
 def train_jobs(plan: RunPlan, base: dict[str, Any]) -> list[Job]:
@@ -200,7 +201,7 @@ def train_jobs(plan: RunPlan, base: dict[str, Any]) -> list[Job]:
     """
     by_key: dict[str, list[str]] = {}
     for method in plan.methods:
-        if method.checkpoint is None and not (method.checkpoint_dir / "final.pt").exists():
+        if method.checkpoint is None and not (method.checkpoint_dir / FINAL_CHECKPOINT).exists():
             by_key.setdefault(method.train_key, []).append(method.name)
     jobs = []
     for index, (key, methods) in enumerate(by_key.items()):
@@ -236,7 +237,7 @@ def evaluation_jobs(groups: Sequence[Sequence[CellPlan]], base: dict[str, Any]) 
 
 
 def _cost(cells: Sequence[CellPlan]) -> float:
-    return sum(THREAT_COST.get(c.threat, THREAT_COST["linf"]) for c in cells)
+    return sum(threat_cost(c.threat) for c in cells)
 
 
 def _flat(unit: Sequence[Sequence[CellPlan]]) -> list[CellPlan]:
@@ -325,11 +326,11 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     _check_job_plan(job, plan)
     execute(plan, log)
     if job.phase == "train":
-        untrained = [m.name for m in plan.methods if not (m.checkpoint_dir / "final.pt").exists()]
+        untrained = [m.name for m in plan.methods if not (m.checkpoint_dir / FINAL_CHECKPOINT).exists()]
         if untrained:
             raise OodbenchError(f"{job.name}: no final checkpoint for {', '.join(untrained)} after training")
     else:
-        missing = [k for k in job.cells if not (plan.run_dir / "cells" / f"{k}.json").exists()]
+        missing = [k for k in job.cells if not RunDir(plan.run_dir).cell_finished(k)]
         if missing:
             raise OodbenchError(f"{job.name}: cells {', '.join(missing)} were not written")
     seconds = time.time() - started
@@ -350,7 +351,9 @@ def _check_job_plan(job: Job, plan: RunPlan) -> None:
     lost = [label for key, label in zip(job.cells, job.labels) if key not in found]
     if lost:
         raise OodbenchError(f"{job.name}: cells {', '.join(lost)} are not in this job's plan: {hint}")
-    untrained = [m.name for m in plan.methods if m.checkpoint is None and not (m.checkpoint_dir / "final.pt").exists()]
+    untrained = [
+        m.name for m in plan.methods if m.checkpoint is None and not (m.checkpoint_dir / FINAL_CHECKPOINT).exists()
+    ]
     if untrained:
         raise OodbenchError(
             f"{job.name}: the network of {', '.join(untrained)} is not trained; an evaluation job does not train "
@@ -412,15 +415,13 @@ def _launch_processes(
     log: Log,
     job_hook: JobHook | None,
 ) -> int:
-    from oodbench.runner import _update_run_json
-
     folder = plan.run_dir / "launch" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     log(f"workers: {', '.join(_device_name(d) for d in devices)}; job specs and logs in {folder}")
     if train:
         log(f"phase 1: training {len(train)} network(s)")
         outcomes = run_processes(train, devices, folder, log, job_hook)
         # a train job plans only its methods: put the full run's method records back into run.json
-        _update_run_json(plan)
+        merge_run_json(plan.run_dir, plan.record, str(plan.device))
         if not all(o.ok for o in outcomes):
             return _report_failures(outcomes, plan, log, blocked=evaluate)
     if not evaluate:
@@ -524,7 +525,7 @@ def _report_failures(outcomes: Sequence[JobOutcome], plan: RunPlan, log: Log, bl
     # a job that claims success but left cells unwritten is a failure too
     for outcome in outcomes:
         if outcome.ok and outcome.job.phase == "evaluate":
-            missing = [k for k in outcome.job.cells if not (plan.run_dir / "cells" / f"{k}.json").exists()]
+            missing = [k for k in outcome.job.cells if not RunDir(plan.run_dir).cell_finished(k)]
             if missing:
                 failed.append(dataclasses.replace(outcome, ok=False, detail=f"cells {', '.join(missing)} not written"))
     if not failed:
@@ -536,9 +537,7 @@ def _report_failures(outcomes: Sequence[JobOutcome], plan: RunPlan, log: Log, bl
             what = f"training of {', '.join(job.options['methods'])} (network {', '.join(job.train_keys)})"
         else:
             unfinished = [
-                label
-                for key, label in zip(job.cells, job.labels)
-                if not (plan.run_dir / "cells" / f"{key}.json").exists()
+                label for key, label in zip(job.cells, job.labels) if not RunDir(plan.run_dir).cell_finished(key)
             ]
             what = f"cells {', '.join(unfinished) or '(all written)'}"
         log(f"  {job.name}: {what}\n    {outcome.detail}\n    log: {outcome.log}")
@@ -576,8 +575,6 @@ def _launch_submitit(
     log: Log,
     job_hook: JobHook | None,
 ) -> int:
-    from oodbench.runner import _update_run_json
-
     folder = Path(args.slurm_folder) if getattr(args, "slurm_folder", None) else plan.run_dir / "slurm"
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     on_gpu = plan.record["command"]["device"] != "cpu"  # the user's device (the plan itself was made on the CPU)
@@ -587,7 +584,8 @@ def _launch_submitit(
     if train:
         log(f"phase 1: training {len(train)} network(s)")
         outcomes = _submit_and_wait(submitit, executor, train, args, gpus, "train", log, job_hook)
-        _update_run_json(plan)  # a train job plans only its methods: restore the full run's method records
+        # a train job plans only its methods: restore the full run's method records
+        merge_run_json(plan.run_dir, plan.record, str(plan.device))
         if not all(o.ok for o in outcomes):
             return _report_failures(outcomes, plan, log, blocked=evaluate)
     if not evaluate:

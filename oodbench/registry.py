@@ -1,14 +1,21 @@
 """One decorator registry for detectors, threat models, data sets and architectures (timm-style).
 
 @register_detector("msp")
-class MSP(Detector): ...
+class MSP(Detector): ...    # the decorator sets MSP.name = "msp": the name is written once
 
 DETECTORS.get("mps")  # UnknownNameError: unknown detector 'mps'; did you mean 'msp'?
+
+The registries fill themselves: `load_plugins` imports every module of the packages in `PLUGIN_PACKAGES`
+(found with pkgutil, so a new file in `baselines/` or `attacks/` needs no edit anywhere else), then the
+`oodbench.plugins` entry points of installed distributions. Entries list in the order a class declares
+(`order`, e.g. the paper's Table 1 for detectors, the table's columns for threat models), then by registration.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import pkgutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +41,15 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, summary: str = "", **meta: Any) -> Callable[[Any], Any]:
-        """Decorator registering a class or factory under `name` (lower-case, unique per registry)."""
+        """Decorator registering a class or factory under `name` (lower-case, unique per registry); `meta` are
+        facts about it for generic code (e.g. `ablation=True` for a detector, `options=("init",)` for the
+        keyword options an architecture takes from the protocol)."""
 
         def decorator(obj: Any) -> Any:
             if name in self._entries and self._entries[name].obj is not obj:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
+            if isinstance(obj, type):
+                obj.name = name  # the one place a class's name is written
             doc = (obj.__doc__ or "").strip().splitlines()
             self._entries[name] = Entry(name, obj, summary or (doc[0] if doc else ""), dict(meta))
             return obj
@@ -63,13 +74,22 @@ class Registry:
         return f"unknown {self.kind} '{name}'{hint} (known: {', '.join(sorted(self._entries))})"
 
     def names(self) -> list[str]:
-        """Registered names in registration order."""
-        load_plugins()
-        return list(self._entries)
+        """Registered names in their declared order (`order` of the class; ties: registration order)."""
+        return [entry.name for entry in self.entries()]
 
     def entries(self) -> Iterator[Entry]:
+        """Entries in their declared order (`order` of the class; ties: registration order)."""
         load_plugins()
-        return iter(list(self._entries.values()))
+        return iter(sorted(self._entries.values(), key=lambda entry: getattr(entry.obj, "order", DEFAULT_ORDER)))
+
+    def declared(self, name: str, attribute: str, default: Any = None) -> Any:
+        """What the object registered as `name` declares as `attribute` (e.g. a threat model's `order`, `title`,
+        `cost`); `default` when it declares nothing or `name` is not registered (tables still render the results
+        of a plugin that is not loaded)."""
+        load_plugins()
+        entry = self._entries.get(name)
+        value = getattr(entry.obj, attribute, None) if entry is not None else None
+        return default if value is None or value == "" else value
 
     def __contains__(self, name: object) -> bool:
         load_plugins()
@@ -81,30 +101,62 @@ THREATS = Registry("threat model")
 DATASETS = Registry("data set")
 ARCHS = Registry("architecture")
 
+
+def threat_order(name: str) -> float:
+    """Column position of a threat model in tables and its execution order within an OOD set (declared `order`)."""
+    return float(THREATS.declared(name, "order", DEFAULT_ORDER))
+
+
+def threat_title(name: str) -> str:
+    """Column title of a threat model in tables (declared `title`, else its name)."""
+    return str(THREATS.declared(name, "title", name))
+
+
+def threat_cost(name: str) -> float:
+    """Relative compute of one cell of a threat model (declared `cost`; natural = 1)."""
+    return float(THREATS.declared(name, "cost", 8.0))
+
+
+def default_threats() -> list[str]:
+    """The threat models a run uses without `--threats`: those declaring `default = True`, in table order."""
+    return [entry.name for entry in THREATS.entries() if getattr(entry.obj, "default", False)]
+
+
 register_detector = DETECTORS.register
 register_threat = THREATS.register
 register_dataset = DATASETS.register
 register_arch = ARCHS.register
 
-_PLUGIN_MODULES = (
-    "oodbench.models",
-    "oodbench.data",
-    "baselines",
-    "attacks.natural",
-    "attacks.linf",
-    "attacks.corruption",
-    "oodbench.toy",
-)
+#: where an object without a declared `order` lists: after the declared ones
+DEFAULT_ORDER = 1000.0
+#: packages whose every module is imported to fill the registries (architectures, data sets, detectors, threats)
+PLUGIN_PACKAGES = ("oodbench.models", "oodbench.data", "baselines", "attacks")
+#: entry-point group of installed plugins (DESIGN "Bring your own model and detector")
+ENTRY_POINT_GROUP = "oodbench.plugins"
 _loaded = False
 
 
+def import_submodules(package: str) -> list[str]:
+    """Import every module of `package` (one level, pkgutil order; private `_x` modules skipped): the decorators
+    in them register their objects. Returns the imported module names."""
+    root = importlib.import_module(package)
+    names = []
+    for info in pkgutil.iter_modules(getattr(root, "__path__", []), prefix=f"{package}."):
+        if not info.name.rsplit(".", 1)[-1].startswith("_"):
+            importlib.import_module(info.name)
+            names.append(info.name)
+    return names
+
+
 def load_plugins() -> None:
-    """Import the modules whose decorators fill the registries (idempotent)."""
+    """Fill the registries (idempotent): the modules of `PLUGIN_PACKAGES`, then installed entry points."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    import importlib
+    for package in PLUGIN_PACKAGES:
+        import_submodules(package)
+    from importlib.metadata import entry_points
 
-    for module in _PLUGIN_MODULES:
-        importlib.import_module(module)
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        point.load()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -18,10 +19,9 @@ from tabulate import tabulate
 
 from oodbench.errors import ConfigError
 from oodbench.metrics import OOD_METRICS
-from oodbench.registry import DETECTORS
+from oodbench.registry import DETECTORS, THREATS, threat_order, threat_title
+from oodbench.rundir import DEFAULT_RUNS, RunDir, find_runs
 
-THREAT_ORDER = ("natural", "corruption", "linf", "comp")
-THREAT_TITLES = {"natural": "Natural", "corruption": "Corruption", "linf": "L-inf", "comp": "Comp."}
 METRIC_TITLES = {
     "fpr": "FPR",
     "auroc": "AUROC",
@@ -37,15 +37,13 @@ def run_dirs_or_default(paths: Iterable[str | Path]) -> list[Path]:
     """The given run directories, or every run under ./oodbench-runs."""
     paths = [Path(p) for p in paths]
     if not paths:
-        from oodbench.runner import DEFAULT_RUNS
-
-        paths = sorted(p.parent for p in DEFAULT_RUNS.glob("*/run.json"))
+        paths = find_runs(DEFAULT_RUNS)
         if not paths:
             raise ConfigError(
                 f"no run directories given and none found under ./{DEFAULT_RUNS}; run `oodbench run` first"
             )
     for path in paths:
-        if not (path / "cells").is_dir() and not (path / "run.json").is_file():
+        if not RunDir(path).is_run():
             raise ConfigError(f"'{path}' is not an oodbench run directory (no run.json or cells/)")
     return paths
 
@@ -54,7 +52,7 @@ def load_cells(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
     """One row per finished cell (its metrics JSON), across run directories."""
     rows = []
     for run_dir in run_dirs_or_default(run_dirs):
-        for path in sorted((Path(run_dir) / "cells").glob("*.json")):
+        for path in RunDir(run_dir).cell_rows():
             try:
                 row = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
@@ -93,7 +91,7 @@ def tidy(cells: pd.DataFrame, metrics: Iterable[str] = OOD_METRICS, average: boo
         mean["ood_set"] = "average"
         long = pd.concat([long, mean[TIDY_COLUMNS]], ignore_index=True)
     long["_m"] = long["method"].map({m: i for i, m in enumerate(_method_order(long["method"]))})
-    long["_t"] = long["threat"].map(lambda t: THREAT_ORDER.index(t) if t in THREAT_ORDER else 99)
+    long["_t"] = long["threat"].map(threat_order)
     long["_o"] = (long["ood_set"] == "average").astype(int)
     long = long.sort_values(["in_dist", "_m", "_o", "ood_set", "_t", "metric"]).drop(columns=["_m", "_t", "_o"])
     return long[TIDY_COLUMNS].reset_index(drop=True)
@@ -106,8 +104,7 @@ def wide(long: pd.DataFrame, metrics: Iterable[str], per_ood: bool) -> pd.DataFr
     data = data[data["ood_set"] != "average"] if per_ood else data[data["ood_set"] == "average"]
     index = ["in_dist", "method", "ood_set"] if per_ood else ["in_dist", "method"]
     table = data.pivot_table(index=index, columns=["threat", "metric"], values="value", aggfunc="mean")
-    threats = [t for t in THREAT_ORDER if t in table.columns.get_level_values(0)]
-    threats += [t for t in table.columns.get_level_values(0).unique() if t not in threats]
+    threats = sorted(table.columns.get_level_values(0).unique(), key=threat_order)  # stable: unknown ones keep theirs
     columns = [(t, m) for t in threats for m in metrics if (t, m) in table.columns]
     table = table[columns]
     order = {m: i for i, m in enumerate(_method_order(data["method"]))}
@@ -148,7 +145,7 @@ def render(table: pd.DataFrame, fmt: str, title: str = "") -> str:
     if fmt == "latex":
         return _latex(table, body, index_titles, title)
     headers = index_titles + [
-        f"{THREAT_TITLES.get(t, t)} {METRIC_TITLES.get(m, m)}{arrows.get(m, '')}" for t, m in table.columns
+        f"{threat_title(t)} {METRIC_TITLES.get(m, m)}{arrows.get(m, '')}" for t, m in table.columns
     ]
     text = tabulate(body, headers=headers, tablefmt="pipe", disable_numparse=True)
     return (f"{title}\n\n" if title else "") + text
@@ -161,7 +158,7 @@ def _latex(table: pd.DataFrame, body, index_titles, title: str) -> str:
     top = (
         " & " * (len(index_titles) - 1)
         + " & "
-        + " & ".join(f"\\multicolumn{{{len(per_threat[t])}}}{{c}}{{{THREAT_TITLES.get(t, t)}}}" for t in threats)
+        + " & ".join(f"\\multicolumn{{{len(per_threat[t])}}}{{c}}{{{threat_title(t)}}}" for t in threats)
     )
     arrows = {m: ("$\\downarrow$" if m in LOWER_IS_BETTER else "$\\uparrow$") for m in METRIC_TITLES}
     second = (
@@ -200,17 +197,42 @@ def summary_table(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "a
 PROTOCOL_DIFFERS = "protocol differs"
 
 
+@dataclass(frozen=True)
+class PaperTable:
+    """Which settings one table of the paper reports (SPEC section 7); an empty field matches anything."""
+
+    table: int
+    in_dist: tuple[str, ...] = ()
+    arch: tuple[str, ...] = ()
+    aux: tuple[str, ...] = ()
+
+    def reports(self, in_dist: str, arch: str, aux: str | None) -> bool:
+        return all(
+            not allowed or value in allowed
+            for allowed, value in ((self.in_dist, in_dist), (self.arch, arch), (self.aux, aux))
+        )
+
+
+_PAPER_SETS = ("cifar10", "cifar100", "svhn")
+#: the paper's tables by the settings they report; the first match wins (WRN-40-4: Table 9 whatever the auxiliary
+#: set; ImageNet-RC as auxiliary set: Table 8; DenseNet-BC-100: Table 5 for SVHN, Table 1 for CIFAR)
+PAPER_TABLES = (
+    PaperTable(9, in_dist=_PAPER_SETS, arch=("wrn40_4",)),
+    PaperTable(8, in_dist=_PAPER_SETS, aux=("imagenet_rc",)),
+    PaperTable(5, in_dist=("svhn",), arch=("densenet100",)),
+    PaperTable(1, in_dist=("cifar10", "cifar100"), arch=("densenet100",)),
+)
+
+
 def paper_reference(in_dist: str, arch: str, aux: str | None) -> int | None:
-    """The paper table that reports this setting (SPEC section 7), or None."""
-    if in_dist not in ("cifar10", "cifar100", "svhn"):
-        return None
-    if arch == "wrn40_4":
-        return 9
-    if aux == "imagenet_rc":
-        return 8
-    if arch != "densenet100":
-        return None
-    return 5 if in_dist == "svhn" else 1
+    """The paper table that reports this setting (SPEC section 7, `PAPER_TABLES`), or None."""
+    return next((t.table for t in PAPER_TABLES if t.reports(in_dist, arch, aux)), None)
+
+
+def _published_with_code_settings(threat: str) -> bool:
+    """Whether the paper's numbers of a threat model come from the released code's settings of it (declared by
+    the threat model: the corruption suites differ, SPEC section 6), so only an atom-code run compares."""
+    return bool(THREATS.declared(threat, "published_with_code_settings", False))
 
 
 def _score_differs(method: str) -> bool:
@@ -250,13 +272,13 @@ def vs_paper(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "auroc"
         note = ""
         if table is None:
             note = "no paper reference for this setting"
-        elif protocol != "atom-code" and (r["threat"] in ("corruption", "comp") or _score_differs(base_method)):
+        elif protocol != "atom-code" and (_published_with_code_settings(r["threat"]) or _score_differs(base_method)):
             note = PROTOCOL_DIFFERS
         rows.append(
             [
                 r["in_dist"],
                 r["method"],
-                THREAT_TITLES.get(r["threat"], r["threat"]),
+                threat_title(r["threat"]),
                 METRIC_TITLES.get(r["metric"], r["metric"]),
                 f"{r['value']:.2f}",
                 "-" if reported is None else f"{reported:.2f}",
@@ -277,7 +299,7 @@ def id_summary(run_dirs) -> pd.DataFrame:
     """Table 11: per method, in-dist accuracy, FNR at the threshold and end-to-end accuracy."""
     rows = []
     for run_dir in run_dirs_or_default(run_dirs):
-        for path in sorted((Path(run_dir) / "id").glob("*.json")):
+        for path in RunDir(run_dir).id_rows():
             rows.append(json.loads(path.read_text()))
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -297,7 +319,7 @@ def show_provenance(run_dirs, keys: Iterable[str]) -> str:
     `all` prints the whole record."""
     out = []
     for run_dir in run_dirs_or_default(run_dirs):
-        path = Path(run_dir) / "run.json"
+        path = RunDir(run_dir).run_json
         if not path.exists():
             raise ConfigError(f"'{run_dir}' has no run.json")
         record = json.loads(path.read_text())

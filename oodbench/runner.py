@@ -1,14 +1,7 @@
 """A run: a grid of cells (detector x OOD set x threat model), planned and checked before any compute, then
 executed in one direction: data -> trained network -> fitted detector -> threat model -> scores -> metrics.
 
-Layout of a run directory:
-
-    run.json                      resolved configuration and provenance (DESIGN, issue "trustworthy runs")
-    checkpoints/<recipe>-<key>/   training checkpoints (final.pt, last.pt for resume, periodic ones, mining log)
-    detectors/<method>-<key>.pt   fitted post-hoc state (ODIN magnitude, Mahalanobis statistics)
-    id/<method>-<key>.npz|json    clean in-distribution scores, predictions and Table 11 metrics (once per detector)
-    cells/<key>.npz               per-sample OOD scores of one cell
-    cells/<key>.json              the cell's metrics row (written last: its presence marks the cell finished)
+The layout of a run directory is `oodbench.rundir`.
 """
 
 from __future__ import annotations
@@ -18,19 +11,20 @@ import datetime
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from attacks.base import AttackContext, derive_seed
+from attacks.base import AttackContext
 from attacks.pgd import PGDConfig
 from oodbench import __version__
 from oodbench.accel import check_precision, fp32_scoring, maybe_compile
+from oodbench.cachedir import cache_root
 from oodbench.checkpoint import check_meta, file_sha256, load_checkpoint
-from oodbench.config import TRAINING_SWITCHES, Profile, Protocol, get_profile, get_protocol
+from oodbench.config import METHOD_SWITCHES, TRAINING_SWITCHES, Profile, Protocol, get_profile, get_protocol
 from oodbench.data import load_aux, load_in_distribution, load_ood
 from oodbench.data.base import AuxPool, ImageSet, InDistribution
 from oodbench.detector import BuildContext, Detector, FitData
@@ -39,51 +33,14 @@ from oodbench.faults import crash_point
 from oodbench.io import read_json, remove_stale_temporaries, write_json, write_npz
 from oodbench.locks import file_lock
 from oodbench.metrics import id_metrics, ood_metrics, threshold_at_tpr
-from oodbench.provenance import config_hash, environment
-from oodbench.registry import ARCHS, DETECTORS, THREATS, load_plugins
+from oodbench.options import RunOptions
+from oodbench.provenance import config_hash
+from oodbench.registry import ARCHS, DETECTORS, THREATS, load_plugins, threat_order
+from oodbench.rundir import DEFAULT_RUNS, FINAL_CHECKPOINT, MINING_LOG, MINING_PLOT, RunDir, merge_run_json
+from oodbench.scoring import map_batches
+from oodbench.seeding import derive_seed, numpy_rng
 
-DEFAULT_RUNS = Path("oodbench-runs")
 TUNE_IMAGES = 1000  # ODIN / Mahalanobis tuning images (SPEC section 4)
-THREAT_ORDER = ("natural", "corruption", "linf", "comp")
-
-
-@dataclass
-class RunOptions:
-    """What `oodbench run` was asked to do (command-line options, unresolved)."""
-
-    methods: list[str] = field(default_factory=lambda: ["msp"])
-    in_dist: str = "digits"
-    ood: list[str] | None = None
-    threats: list[str] = field(default_factory=lambda: ["natural", "linf"])
-    arch: str | None = None
-    aux: str | None = None
-    protocol: str = "paper"
-    profile: str = "paper"
-    seed: int = 0
-    data_root: str | None = None
-    out: str | None = None
-    device: str = "auto"
-    download: bool = False
-    overrides: dict[str, dict[str, str]] = field(default_factory=dict)
-    protocol_overrides: dict[str, str] = field(default_factory=dict)
-    checkpoints: dict[str, str] = field(default_factory=dict)
-    init: str | None = None
-    train_only: bool = False
-    pgd_steps: int | None = None
-    pgd_restarts: int | None = None
-    pgd_step_size: float | None = None
-    pgd_eps: float | None = None
-    batch_size: int | None = None
-    cache_dir: str | None = None
-    epochs: int | None = None  # overrides the profile's schedule (milestones at 50/75/90 %)
-    max_ood: int | None = None  # overrides the profile's images per OOD set
-    max_train: int | None = None  # overrides the profile's in-dist training images
-    attack_id: bool = False  # also attack in-dist test images (towards OOD) and report the FNR under attack
-    lr: float | None = None  # base learning rate of every training stage (None: the recipe's, 0.1 in the paper)
-    precision: str = "fp32"  # of the attacks' passes (fp32, tf32, bf16; oodbench.accel); scores stay IEEE fp32
-    compile: bool = False  # torch.compile the model used inside the attacks
-    progress: bool = True
-    only_cells: list[str] | None = None  # evaluate just these cell keys (job arrays)
 
 
 @dataclass
@@ -134,6 +91,11 @@ class RunPlan:
     record: dict[str, Any]
     heldout: ImageSet | None = None  # training images reserved for tuning (--tune-split heldout)
 
+    @property
+    def layout(self) -> RunDir:
+        """The paths of the run directory."""
+        return RunDir(self.run_dir)
+
 
 # ----------------------------------------------------------------------------------------------------
 # planning: every name, data set, checkpoint and option is checked here, before any compute
@@ -170,27 +132,76 @@ def _subsample(images: ImageSet, limit: int | None, salt: str) -> ImageSet:
     """A fixed subset of `limit` images (the same for every seed and method), or the set itself."""
     if limit is None or len(images) <= limit:
         return images
-    rng = np.random.default_rng(derive_seed("subset", salt) % (2**32))
+    rng = numpy_rng("subset", salt)
     return images.subset(np.sort(rng.permutation(len(images))[:limit]))
 
 
 def _protocol(options: RunOptions) -> Protocol:
+    """The named protocol with `--switch KEY=VALUE` applied (a method's former switches set its Config preset)."""
     protocol = get_protocol(options.protocol)
-    fields = {f.name: f for f in dataclasses.fields(Protocol)}
-    changes = {}
-    for key, value in options.protocol_overrides.items():
-        if key not in fields or key == "name":
-            raise ConfigError(
-                f"unknown protocol switch '{key}' (switches: {', '.join(k for k in fields if k != 'name')})"
-            )
+    fields = {f.name: f for f in dataclasses.fields(Protocol) if f.name not in ("name", "method_settings")}
+    changes: dict[str, Any] = {}
+    presets = {method: dict(values) for method, values in protocol.method_settings.items()}
+    switches = {**options.protocol_overrides, **({"tune_split": options.tune_split} if options.tune_split else {})}
+    for key, value in switches.items():
+        if key in METHOD_SWITCHES:
+            method, setting, values = METHOD_SWITCHES[key]
+            if value not in values:
+                raise ConfigError(f"--switch {key}: '{value}' is not one of {', '.join(values)}")
+            presets.setdefault(method, {})[setting] = values[value]
+            continue
+        if key not in fields:
+            known = ", ".join([*fields, *METHOD_SWITCHES])
+            raise ConfigError(f"unknown protocol switch '{key}' (switches: {known})")
         changes[key] = value.lower() in ("1", "true", "yes") if fields[key].type in ("bool", bool) else value
+    if presets != protocol.method_settings:
+        changes["method_settings"] = presets
     return protocol.replace(**changes) if changes else protocol
 
 
 def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan:
-    """Resolve and check everything a run needs; raise a user-facing error before any training or attack."""
+    """Resolve and check everything a run needs; raise a user-facing error before any training or attack.
+
+    In steps: the protocol and profile, the names (methods, threats, architecture, device), the data, the methods
+    (configs, keys, checkpoints), the cells, and the record written to run.json."""
     load_plugins()
     protocol = _protocol(options)
+    profile = resolve_profile(options)
+    names = resolve_names(options, profile)
+    data = load_data(options, protocol, profile, names.methods)
+    build = BuildContext(
+        in_dist=data.in_dist, arch=names.arch, protocol=protocol, profile=profile, aux=data.aux, device=names.device
+    )
+    pgd = resolve_pgd(options, profile)
+    run_dir = Path(options.out) if options.out else default_run_dir(options)
+    method_plans = plan_methods(options, protocol, profile, names, data, build, run_dir)
+    cells = plan_cells(options, protocol, profile, pgd, names, data, method_plans, run_dir)
+    record = run_record(options, protocol, profile, names, data, pgd, method_plans)
+    _check_run_dir(run_dir, record)
+    return RunPlan(
+        options,
+        protocol,
+        profile,
+        names.arch,
+        names.device,
+        data.in_dist,
+        data.train,
+        data.test,
+        data.ood_sets,
+        data.aux,
+        data.aux_name,
+        method_plans,
+        cells,
+        run_dir,
+        pgd,
+        build,
+        record,
+        heldout=data.heldout,
+    )
+
+
+def resolve_profile(options: RunOptions) -> Profile:
+    """The named profile with `--epochs`, `--max-ood` and `--max-train` applied."""
     profile = get_profile(options.profile)
     if options.epochs is not None:
         profile = profile.with_epochs(options.epochs)
@@ -200,6 +211,21 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
             max_ood=options.max_ood if options.max_ood is not None else profile.max_ood,
             max_train=options.max_train if options.max_train is not None else profile.max_train,
         )
+    return profile
+
+
+@dataclass
+class ResolvedNames:
+    """The registered names of a run, checked: methods (with `all` expanded), threat models, architecture, device."""
+
+    methods: list[str]
+    threats: list[str]
+    arch: str
+    device: torch.device
+
+
+def resolve_names(options: RunOptions, profile: Profile) -> ResolvedNames:
+    """Check every name of the run against the registries (did-you-mean errors) and the device and precision."""
     methods = resolve_methods(options.methods)
     threats = list(dict.fromkeys(options.threats))
     for threat in threats:
@@ -217,18 +243,37 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
             raise ConfigError(
                 f"settings or a checkpoint were given for '{method}', which is not in --methods {methods}"
             )
+    if options.init and not Path(options.init).is_file():
+        raise CheckpointError(f"--init '{options.init}' not found")
+    return ResolvedNames(methods, threats, arch, device)
 
-    # data (DataError names the path and the expected layout)
+
+@dataclass
+class RunData:
+    """The data of a run, loaded and subsampled, with the fingerprints recorded in run.json."""
+
+    in_dist: InDistribution
+    train: ImageSet
+    test: ImageSet
+    heldout: ImageSet | None
+    ood_sets: dict[str, ImageSet]
+    aux: AuxPool | None
+    aux_name: str | None
+    record: dict[str, Any]
+
+
+def load_data(options: RunOptions, protocol: Protocol, profile: Profile, methods: list[str]) -> RunData:
+    """Load the in-dist, OOD and (when a method needs it) auxiliary sets; DataError names the path and layout."""
     root = Path(options.data_root) if options.data_root else None
     in_dist = load_in_distribution(options.in_dist, root, download=options.download)
     ood_names = list(options.ood) if options.ood else list(in_dist.default_ood)
     ood_sets = {
         name: _subsample(load_ood(name, root, download=options.download), profile.max_ood, name) for name in ood_names
     }
-    detectors_cls = {m: DETECTORS.get(m) for m in methods}
-    needs_aux = any(cls.uses_aux for cls in detectors_cls.values())
+    detectors_cls = [DETECTORS.get(m) for m in methods]
+    needs_aux = any(cls.uses_aux for cls in detectors_cls)
     aux_name = options.aux or in_dist.default_aux
-    needs_tuning_aux = any(cls.tunes_on_aux for cls in detectors_cls.values())
+    needs_tuning_aux = any(cls.tunes_on_aux for cls in detectors_cls)
     aux = None
     if needs_aux or (needs_tuning_aux and aux_name):
         if aux_name is None:
@@ -238,33 +283,13 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
     train, test = in_dist.train, in_dist.test
     heldout = None
     if protocol.tune_split == "heldout":
-        order = np.random.default_rng(derive_seed("heldout") % (2**32)).permutation(len(train))
+        order = numpy_rng("heldout").permutation(len(train))
         heldout, train = train.subset(np.sort(order[:TUNE_IMAGES])), train.subset(np.sort(order[TUNE_IMAGES:]))
     elif protocol.tune_split != "test":
         raise ConfigError(f"unknown tune split '{protocol.tune_split}' (test or heldout)")
     train = _subsample(train, profile.max_train, "train")
     test = _subsample(test, profile.max_id_test, "test")
-    build = BuildContext(in_dist=in_dist, arch=arch, protocol=protocol, profile=profile, aux=aux, device=device)
-
-    pgd = dataclasses.replace(
-        profile.pgd,
-        **{
-            k: v
-            for k, v in {
-                "steps": options.pgd_steps,
-                "restarts": options.pgd_restarts,
-                "step_size": options.pgd_step_size,
-                "eps": options.pgd_eps,
-            }.items()
-            if v is not None
-        },
-    )
-    run_dir = Path(options.out) if options.out else default_run_dir(options)
-    init_hash = file_sha256(options.init) if options.init else None
-    if options.init and not Path(options.init).is_file():
-        raise CheckpointError(f"--init '{options.init}' not found")
-
-    data_record = {
+    record = {
         "in_dist": {
             "name": in_dist.name,
             "train": train.fingerprint(),
@@ -277,10 +302,37 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
         if aux is None
         else {"name": aux_name, "fingerprint": aux.fingerprint(), "n": len(aux), "source": aux.source},
     }
+    return RunData(in_dist, train, test, heldout, ood_sets, aux, aux_name, record)
+
+
+def resolve_pgd(options: RunOptions, profile: Profile) -> PGDConfig:
+    """The profile's PGD with the `--pgd-*` options applied."""
+    changes = {
+        "steps": options.pgd_steps,
+        "restarts": options.pgd_restarts,
+        "step_size": options.pgd_step_size,
+        "eps": options.pgd_eps,
+    }
+    return dataclasses.replace(profile.pgd, **{k: v for k, v in changes.items() if v is not None})
+
+
+def plan_methods(
+    options: RunOptions,
+    protocol: Protocol,
+    profile: Profile,
+    names: ResolvedNames,
+    data: RunData,
+    build: BuildContext,
+    run_dir: Path,
+) -> list[MethodPlan]:
+    """Each method's resolved Config, detector, training key (its network) and fit key (its fitted state)."""
+    in_dist, train, aux, arch = data.in_dist, data.train, data.aux, names.arch
+    data_record = data.record
+    init_hash = file_sha256(options.init) if options.init else None
     training_switches = {k: getattr(protocol, k) for k in TRAINING_SWITCHES}
-    method_plans, cells = [], []
-    for name in methods:
-        cls = detectors_cls[name]
+    method_plans = []
+    for name in names.methods:
+        cls = DETECTORS.get(name)
         config = cls.make_config(build, options.overrides.get(name))
         detector = cls(in_dist.num_classes, config)
         recipe = cls.recipe or name
@@ -332,11 +384,37 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
                 train_key,
                 fit_key,
                 checkpoint,
-                run_dir / "checkpoints" / f"{recipe}-{train_key}",
+                RunDir(run_dir).checkpoint_dir(recipe, train_key),
             )
         )
-        for ood_name in ood_names:
-            for threat in threats:
+    return method_plans
+
+
+def plan_cells(
+    options: RunOptions,
+    protocol: Protocol,
+    profile: Profile,
+    pgd: PGDConfig,
+    names: ResolvedNames,
+    data: RunData,
+    method_plans: list[MethodPlan],
+    run_dir: Path,
+) -> list[CellPlan]:
+    """The grid: one cell per (method, OOD set, threat model), keyed by everything that changes its numbers."""
+    in_dist, test, ood_sets, aux_name, arch, device = (
+        data.in_dist,
+        data.test,
+        data.ood_sets,
+        data.aux_name,
+        names.arch,
+        names.device,
+    )
+    cells = []
+    for method in method_plans:
+        name, fit_key, config_dict = method.name, method.fit_key, method.config
+        cls = DETECTORS.get(name)
+        for ood_name in ood_sets:
+            for threat in names.threats:
                 threat_obj = THREATS.get(threat)()
                 ctx = _attack_context(options, protocol, profile, pgd, device, run_dir)
                 key = config_hash(
@@ -370,15 +448,27 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
                 cells.append(CellPlan(key, name, ood_name, threat, row))
     if options.only_cells is not None:
         cells = [c for c in cells if c.key in set(options.only_cells)]
+    return cells
 
-    record = {
+
+def run_record(
+    options: RunOptions,
+    protocol: Protocol,
+    profile: Profile,
+    names: ResolvedNames,
+    data: RunData,
+    pgd: PGDConfig,
+    method_plans: list[MethodPlan],
+) -> dict[str, Any]:
+    """What run.json records of a plan: the command, resolved settings, keys and data fingerprints."""
+    return {
         "oodbench_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": dataclasses.asdict(options),
         "protocol": dataclasses.asdict(protocol),
         "profile": dataclasses.asdict(profile),
-        "arch": arch,
-        "in_dist": in_dist.name,
+        "arch": names.arch,
+        "in_dist": data.in_dist.name,
         "seed": options.seed,
         "pgd": dataclasses.asdict(pgd),
         "methods": {
@@ -391,36 +481,15 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
             }
             for m in method_plans
         },
-        "data": data_record,
+        "data": data.record,
         "tune_split": protocol.tune_split,
     }
-    _check_run_dir(run_dir, record)
-    return RunPlan(
-        options,
-        protocol,
-        profile,
-        arch,
-        device,
-        in_dist,
-        train,
-        test,
-        ood_sets,
-        aux,
-        aux_name,
-        method_plans,
-        cells,
-        run_dir,
-        pgd,
-        build,
-        record,
-        heldout=heldout,
-    )
 
 
 def _attack_context(
     options: RunOptions, protocol: Protocol, profile: Profile, pgd: PGDConfig, device, run_dir: Path
 ) -> AttackContext:
-    cache = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    cache = Path(options.cache_dir) if options.cache_dir else cache_root()
     return AttackContext(
         device=device,
         batch_size=options.batch_size or profile.batch_for(device),
@@ -437,19 +506,12 @@ def _attack_context(
     )
 
 
-def default_cache_dir() -> Path:
-    """$OODBENCH_CACHE or ~/.cache/oodbench: decoded data sets and corruption variants, shared by runs."""
-    import os
-
-    return Path(os.environ.get("OODBENCH_CACHE", Path.home() / ".cache" / "oodbench"))
-
-
 IDENTITY_FIELDS = ("in_dist", "seed", "arch")
 
 
 def _check_run_dir(run_dir: Path, record: dict[str, Any]) -> None:
     """A results directory holds one protocol/profile/in-dist/seed/arch: refuse to mix another into it."""
-    path = run_dir / "run.json"
+    path = RunDir(run_dir).run_json
     if not path.exists():
         return
     try:
@@ -487,22 +549,11 @@ def run(options: RunOptions, log: Callable[[str], None] = print) -> Path:
     return plan.run_dir
 
 
-def _update_run_json(
+def record_run(
     plan: RunPlan, timings: dict[str, float] | None = None, method_facts: dict[str, dict[str, Any]] | None = None
 ) -> None:
-    """Merge this process's record into run.json (locked: several workers may share a run directory)."""
-    path = plan.run_dir / "run.json"
-    with file_lock(plan.run_dir / ".run.json.lock"):
-        record = read_json(path) if path.exists() else {**plan.record, "environment": environment(str(plan.device))}
-        methods = record.setdefault("methods", {})
-        for name, entry in plan.record["methods"].items():
-            methods[name] = {**methods.get(name, {}), **entry}
-        for name, facts in (method_facts or {}).items():
-            methods.setdefault(name, {}).update(facts)
-        record.setdefault("data", {}).setdefault("ood", {}).update(plan.record["data"]["ood"])
-        if timings:
-            record.setdefault("timings", {}).update(timings)
-        write_json(path, record)
+    """Merge this process's record of `plan` (and timings, facts about methods) into the run's run.json."""
+    merge_run_json(plan.run_dir, plan.record, str(plan.device), timings, method_facts)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -515,11 +566,11 @@ def _relative(path: Path, root: Path) -> str:
 
 def checkpoint_facts(plan: RunPlan, method: MethodPlan) -> dict[str, Any]:
     """Provenance of a method's network: checkpoint file and sha256, and what its outlier mining did."""
-    path = method.checkpoint or method.checkpoint_dir / "final.pt"
+    path = method.checkpoint or method.checkpoint_dir / FINAL_CHECKPOINT
     facts: dict[str, Any] = {"checkpoint_file": _relative(path, plan.run_dir)}
     if path.exists():
         facts["checkpoint_sha256"] = file_sha256(path)
-    mining = method.checkpoint_dir / "mining.json"
+    mining = method.checkpoint_dir / MINING_LOG
     if mining.exists():
         log = read_json(mining)
         facts["mining"] = {
@@ -528,7 +579,7 @@ def checkpoint_facts(plan: RunPlan, method: MethodPlan) -> dict[str, Any]:
             "n": log[0]["n"] if log else None,
             "candidates": log[0]["candidates"] if log else None,
             "with_replacement": any(entry["with_replacement"] for entry in log),
-            "plot": _relative(method.checkpoint_dir / "mining.png", plan.run_dir),
+            "plot": _relative(method.checkpoint_dir / MINING_PLOT, plan.run_dir),
         }
     return facts
 
@@ -545,7 +596,7 @@ def _execute(plan: RunPlan, log: Callable[[str], None]) -> None:
     removed = remove_stale_temporaries(plan.run_dir)
     if removed:
         log(f"removed {removed} partial file(s) left by a killed run")
-    _update_run_json(plan)
+    record_run(plan)
     ood_on_device = {name: s.images.to(plan.device) for name, s in plan.ood_sets.items()}
     cells_by_method: dict[str, list[CellPlan]] = {}
     for cell in plan.cells:
@@ -555,7 +606,7 @@ def _execute(plan: RunPlan, log: Callable[[str], None]) -> None:
         method_cells = cells_by_method.get(method.name, [])
         if plan.options.only_cells is not None and not plan.options.train_only and not method_cells:
             continue  # a job restricted to other methods' cells: nothing of this one to load or train
-        pending = [c for c in method_cells if not (plan.run_dir / "cells" / f"{c.key}.json").exists()]
+        pending = [c for c in method_cells if not plan.layout.cell_finished(c.key)]
         if not pending and not plan.options.train_only:
             log(f"[{method.name}] all {len(method_cells)} cells finished; nothing to do")
             continue
@@ -567,7 +618,7 @@ def _execute(plan: RunPlan, log: Callable[[str], None]) -> None:
         timings[f"{method.name}/train_or_load"] = time.time() - started
         facts = {method.name: checkpoint_facts(plan, method)}
         if plan.options.train_only:
-            _update_run_json(plan, timings, facts)
+            record_run(plan, timings, facts)
             continue
         started = time.time()
         fit_detector(plan, method, model, log)
@@ -580,13 +631,11 @@ def _execute(plan: RunPlan, log: Callable[[str], None]) -> None:
             in_distribution_under_attack(plan, method, model, id_record, log)
             timings[f"{method.name}/id_attack"] = time.time() - started
         memo: dict = {"attack_model": maybe_compile(model, plan.options.compile)}  # shared by this detector's cells
-        for cell in sorted(
-            pending, key=lambda c: (c.ood_set, THREAT_ORDER.index(c.threat) if c.threat in THREAT_ORDER else 9)
-        ):
+        for cell in sorted(pending, key=lambda c: (c.ood_set, threat_order(c.threat))):
             started = time.time()
             evaluate_cell(plan, method, model, cell, id_record, ood_on_device[cell.ood_set], log, memo)
             timings[f"{method.name}/{cell.ood_set}/{cell.threat}"] = time.time() - started
-        _update_run_json(plan, timings, facts)
+        record_run(plan, timings, facts)
 
 
 def obtain_model(plan: RunPlan, method: MethodPlan, log) -> torch.nn.Module:
@@ -631,7 +680,7 @@ def obtain_model(plan: RunPlan, method: MethodPlan, log) -> torch.nn.Module:
 
 def fit_detector(plan: RunPlan, method: MethodPlan, model, log) -> None:
     """Fit (or load the cached fit of) a post-hoc detector."""
-    path = plan.run_dir / "detectors" / f"{method.name}-{method.fit_key}.pt"
+    path = plan.layout.fitted_state(method.name, method.fit_key)
     detector = method.detector
     with file_lock(path.with_suffix(".lock")):
         if path.exists():
@@ -673,7 +722,7 @@ def tuning_data(plan: RunPlan) -> tuple[ImageSet, ImageSet | None]:
         tune_in = _subsample(plan.test, TUNE_IMAGES, "tune")
     tune_aux = None
     if plan.aux is not None:
-        rng = np.random.default_rng(derive_seed("tune-aux") % (2**32))
+        rng = numpy_rng("tune-aux")
         count = min(TUNE_IMAGES, len(plan.aux))
         images = plan.aux.get(np.sort(rng.choice(len(plan.aux), size=count, replace=False)))
         if images.shape[-1] != 32:  # ImageNet-RC: the central 32x32 crop
@@ -685,7 +734,7 @@ def tuning_data(plan: RunPlan) -> tuple[ImageSet, ImageSet | None]:
 
 def in_distribution_scores(plan: RunPlan, method: MethodPlan, model) -> dict[str, Any]:
     """Clean in-dist test scores and predictions, computed once per detector and cached."""
-    base = plan.run_dir / "id" / f"{method.name}-{method.fit_key}-{plan.test.fingerprint()[:12]}"
+    base = plan.layout.id_scores(method.name, method.fit_key, plan.test.fingerprint())
     with file_lock(base.with_suffix(".lock")):  # several workers of one method compute them once
         return _in_distribution_scores(plan, method, model, base)
 
@@ -698,15 +747,16 @@ def _in_distribution_scores(plan: RunPlan, method: MethodPlan, model, base: Path
     detector = method.detector
     batch = plan.options.batch_size or plan.profile.batch_for(plan.device)
     images = plan.test.images.to(plan.device)
-    scores, predictions = [], []
     model.eval()
-    for start in range(0, len(images), batch):
-        s, p = detector.score_and_predict(model, images[start : start + batch].float() / 255.0)
-        scores.append(s.float().cpu())
-        predictions.append(p.cpu())
+
+    def score_and_predict(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, predictions = detector.score_and_predict(model, x)
+        return scores.float().cpu(), predictions.cpu()
+
+    scores, predictions = map_batches(score_and_predict, images, batch)
     record = {
-        "scores": torch.cat(scores).numpy().astype(np.float32),
-        "predictions": torch.cat(predictions).numpy().astype(np.int64),
+        "scores": scores.numpy().astype(np.float32),
+        "predictions": predictions.numpy().astype(np.int64),
         "labels": plan.test.labels.numpy().astype(np.int64),
     }
     metrics = id_metrics(record["scores"], record["predictions"], record["labels"], threshold=detector.fixed_threshold)
@@ -734,7 +784,7 @@ def in_distribution_under_attack(plan: RunPlan, method: MethodPlan, model, id_re
             "seed": ctx.seed,
         }
     )
-    base = plan.run_dir / "id" / f"{method.name}-{method.fit_key}-{plan.test.fingerprint()[:12]}"
+    base = plan.layout.id_scores(method.name, method.fit_key, plan.test.fingerprint())
     path = base.parent / f"{base.name}-attack-{setting}.npz"
     detector = method.detector
     threshold = (
@@ -794,9 +844,9 @@ def evaluate_cell(
         "seconds": round(time.time() - started, 3),
         "device": str(plan.device),
     }
-    write_npz(plan.run_dir / "cells" / f"{cell.key}.npz", ood_scores=ood_scores.astype(np.float32))
+    write_npz(plan.layout.cell_scores(cell.key), ood_scores=ood_scores.astype(np.float32))
     crash_point(f"write:{cell.threat}")
-    write_json(plan.run_dir / "cells" / f"{cell.key}.json", row)
+    write_json(plan.layout.cell_row(cell.key), row)
     log(
         f"[{method.name}] {cell.ood_set:>14s} {cell.threat:<10s} "
         f"FPR {metrics['fpr']:6.2f}  AUROC {metrics['auroc']:6.2f}  ({row['seconds']:.1f} s)"

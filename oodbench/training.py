@@ -22,16 +22,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.base import derive_seed
 from oodbench.checkpoint import check_meta, load_checkpoint, save_checkpoint, transfer_weights
 from oodbench.data import random_crop_flip
-from oodbench.detector import BuildContext, Detector, Stage
+from oodbench.detector import BuildContext, Detector, Mining, Stage
 from oodbench.errors import CheckpointError
 from oodbench.faults import crash_point
 from oodbench.io import write_json
 from oodbench.mining import mine_outliers, mining_record, plot_mining_log, sample_positions
 from oodbench.models import create_model
 from oodbench.progress import progress
+from oodbench.registry import ARCHS
+from oodbench.rundir import FINAL_CHECKPOINT, MINING_LOG, MINING_PLOT, RESUME_CHECKPOINT
+from oodbench.seeding import derive_seed
 
 MOMENTUM = 0.9
 WEIGHT_DECAY = 1e-4
@@ -70,10 +72,9 @@ def learning_rate(base_lr: float, epoch: int, milestones: tuple[int, ...]) -> fl
 def build_network(job: TrainingJob) -> nn.Module:
     """The method's network: architecture with the method's head, optionally initialised from --init."""
     ctx = job.ctx
-    kwargs = {}
-    if ctx.arch.startswith("densenet"):
-        kwargs["init"] = ctx.protocol.densenet_init
-    base = create_model(ctx.arch, job.detector.head_size, ctx.in_dist.normalization, **kwargs)
+    declared = () if ctx.arch.startswith("timm/") else ARCHS.entry(ctx.arch).meta.get("options", ())
+    options = {key: value for key, value in ctx.protocol.architecture_options().items() if key in declared}
+    base = create_model(ctx.arch, job.detector.head_size, ctx.in_dist.normalization, **options)
     if job.init is not None:
         transfer_weights(base, init_state(job.init), str(job.init))
     return job.detector.build_model(ctx, base)
@@ -95,7 +96,7 @@ def init_state(path: Path) -> dict[str, torch.Tensor]:
 def train(job: TrainingJob) -> nn.Module:
     """Train `job.detector`'s network, resuming from `directory/last.pt` and reusing `directory/final.pt`."""
     device = job.ctx.device
-    final_path = job.directory / "final.pt"
+    final_path = job.directory / FINAL_CHECKPOINT
     torch.manual_seed(derive_seed(job.seed, "weights"))  # the initial weights are part of the seed's identity
     model = build_network(job)
     if final_path.exists():
@@ -151,9 +152,9 @@ def train(job: TrainingJob) -> nn.Module:
         start_epoch = 0
     save_checkpoint(final_path, model, {**job.meta, "history": history, "stage_times": job.stage_times})
     if mining_log:
-        write_json(job.directory / "mining.json", mining_log)
-        plot_mining_log(mining_log, job.directory / "mining.png")
-    (job.directory / "last.pt").unlink(missing_ok=True)
+        write_json(job.directory / MINING_LOG, mining_log)
+        plot_mining_log(mining_log, job.directory / MINING_PLOT)
+    (job.directory / RESUME_CHECKPOINT).unlink(missing_ok=True)
     return model
 
 
@@ -163,7 +164,7 @@ def _identity(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_resume(job: TrainingJob, model: nn.Module) -> dict[str, Any]:
-    path = job.directory / "last.pt"
+    path = job.directory / RESUME_CHECKPOINT
     if not path.exists():
         return {}
     payload = load_checkpoint(path)
@@ -182,7 +183,7 @@ def _load_resume(job: TrainingJob, model: nn.Module) -> dict[str, Any]:
 
 def _save_resume(job, model, optimizer, stage_index, epoch, mining_log, history) -> None:
     save_checkpoint(
-        job.directory / "last.pt",
+        job.directory / RESUME_CHECKPOINT,
         model,
         job.meta,
         optimizer=optimizer.state_dict(),
@@ -214,20 +215,20 @@ def epoch_outliers(
         return aux.get(positions).to(device)  # augmented per batch
     if stage.outliers != "mined":
         raise ValueError(f"unknown outlier stream '{stage.outliers}'")
-    config = job.detector.config
-    n = config.n if config.n else 2 * len(job.train)
-    n_candidates = config.candidates if config.candidates else 4 * n
+    mining = stage.mining or Mining()
+    n = mining.n if mining.n else 2 * len(job.train)
+    n_candidates = mining.candidates if mining.candidates else 4 * n
     positions, with_replacement = sample_positions(len(aux), n_candidates, job.ctx.protocol.aux_sampling, rng)
     candidates = augment_in_chunks(aux.get(positions), generator, device)
     scores = score_candidates(job.detector, model, candidates, job.ctx.profile.batch_for(device))
-    selected = mine_outliers(scores, config.q, n)
+    selected = mine_outliers(scores, mining.q, n)
     crash_point(f"mining:{stage.name}:{epoch}")
     record = mining_record(scores, selected, with_replacement)
     mining_log.append(
         {
             "stage": stage.name,
             "epoch": epoch,
-            "q": config.q,
+            "q": mining.q,
             "n": n,
             "candidates": n_candidates,
             "with_replacement": with_replacement,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from oodbench import accel
+from oodbench.tools import precision
 
 
 def test_check_precision():
@@ -71,7 +72,7 @@ def test_bf16_weakens_pgd_so_fp32_stays_the_default():
     objective values are too coarse for the per-sample best-point bookkeeping and for small steps). By the
     adoption rule bf16 is therefore not adopted."""
     torch.set_num_threads(1)  # deterministic and robust to an oversubscribed machine; nothing here is timed
-    result = accel.precision_experiment(("fp32", "bf16"), "cpu", n_ood=128)
+    result = precision.precision_experiment(("fp32", "bf16"), "cpu", n_ood=128)
     rows = result["settings"]
     assert list(rows) == ["eps1_steps5", "eps2_steps10", "eps8_steps40"]
     for name, row in rows.items():
@@ -82,12 +83,12 @@ def test_bf16_weakens_pgd_so_fp32_stays_the_default():
         assert bf16["lower_than_baseline"] > 2 * bf16["higher_than_baseline"], name  # ... most images weaker
     assert any(row["bf16"]["fpr"] < row["fp32"]["fpr"] for row in rows.values())  # ... and an FPR lowered
     assert 0.0 < rows["eps8_steps40"]["fp32"]["fpr"] < 100.0  # the budgets are informative, not saturated
-    assert accel.adoptable(result, "bf16") is False
+    assert precision.adoptable(result, "bf16") is False
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 needs a CUDA device")
 def test_tf32_attack_strength_on_gpu():
     """On a GPU: the same measurement for tf32 (run by benchmarks/gpu_check.sh too); records, does not gate."""
-    result = accel.precision_experiment(("fp32", "tf32"), "cuda", n_ood=128)
+    result = precision.precision_experiment(("fp32", "tf32"), "cuda", n_ood=128)
     for row in result["settings"].values():
         assert 0.0 <= row["tf32"]["fpr"] <= 100.0

@@ -60,7 +60,6 @@ def _tiny_context(protocol="paper"):
     train = digits.train.subset(np.arange(96))
     aux = load_aux("photos")
     small_aux = ArrayPool(aux.array[:600], name="photos-600", source="test")
-    digits = dataclasses.replace(digits, rowl_outliers=20)
     ctx = BuildContext(in_dist=digits, arch="small_cnn", protocol=PROTOCOLS[protocol], profile=profile, aux=small_aux)
     return ctx, train, small_aux
 
@@ -69,7 +68,7 @@ def _tiny_context(protocol="paper"):
 def test_each_method_trains_end_to_end_on_tiny_data(tmp_path, method):
     ctx, train_set, aux = _tiny_context()
     cls = DETECTORS.get(method)
-    overrides = {"candidates": 400} if method in ("ntom", "atom") else {}
+    overrides = {"candidates": 400} if method in ("ntom", "atom") else {"outliers": 20} if method == "rowl" else {}
     config = cls.make_config(ctx, overrides)
     detector = cls(10, config)
     meta = {

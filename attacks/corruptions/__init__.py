@@ -3,8 +3,8 @@ Hendrycks & Dietterich (2019) at its 32x32 parameters (`cifar`), the suites buil
 cifar-c-19, imagenet-c), and an on-disk variant cache shared by every method (`cache`)."""
 
 from attacks.corruptions.cache import STATS, cache_path, content_key, variants_for
-from attacks.corruptions.cifar import CORRUPTION_VERSION, CORRUPTIONS, apply_cifar, corrupt
-from attacks.corruptions.suites import SUITES, generate_variants, variant_list, variant_names
+from attacks.corruptions.cifar import CORRUPTION_VERSION, CORRUPTIONS, apply_cifar
+from attacks.corruptions.suites import SUITES, corrupt, generate_variants, variant_list, variant_names
 
 __all__ = [
     "CORRUPTIONS",

@@ -586,18 +586,3 @@ def apply_cifar(image: np.ndarray, name: str, severity: int, rng: Rng) -> np.nda
     except KeyError:
         raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}") from None
     return np.uint8(fn(check_image(image), severity, rng))
-
-
-def corrupt(image: np.ndarray, name: str, severity: int, seed: int, suite: str = "cifar-c-19") -> np.ndarray:
-    """One corrupted variant (uint8 HxWx3) of `image` (uint8 HxWx3): a deterministic function of (image bytes,
-    corruption `name`, `severity` 1..5, `seed`, suite family). The CIFAR suites (same bytes in cifar-c-15 and
-    cifar-c-19) use the make_cifar_c.py parameters (Hendrycks & Dietterich 2019); `suite="imagenet-c"` uses the
-    `imagecorruptions` package's ImageNet ones. Equals `apply_cifar(image, name, severity, variant_rng(...))`."""
-    from attacks.corruptions.suites import seed_family, suite_corruption  # lazy: suites imports this module
-
-    if not 1 <= severity <= 5:
-        raise ValueError(f"severity must be in 1..5, got {severity}")
-    fn, needs_32 = suite_corruption(suite, name)
-    arr = check_image(image, exact=needs_32)
-    rng = _reseeded(seed_words(image_digest(arr), name, severity, seed, seed_family(suite)))
-    return np.uint8(fn(arr, severity, rng))

@@ -115,7 +115,8 @@ def read_rows(array: np.ndarray, index: np.ndarray, chunk_bytes: int = 1 << 26) 
 
 @dataclass
 class InDistribution:
-    """An in-distribution data set with its protocol defaults (SPEC section 2)."""
+    """An in-distribution data set with its protocol defaults (SPEC section 2). Images and classes only: the
+    settings of a method that depend on the data set (ATOM's q, ROWL's outliers, SOFL's R) are in its Config."""
 
     name: str
     train: ImageSet
@@ -125,10 +126,7 @@ class InDistribution:
     augment: bool = True  # RandomCrop(32, pad 4) + flip on training batches
     default_ood: tuple[str, ...] = ()
     default_aux: str | None = None
-    default_q: float = 0.0  # informative outlier mining quantile (SPEC section 5)
     schedule: str = "cifar"  # "cifar": 100 epochs, milestones 50/75/90; "svhn": 20 epochs, 10/15/18
-    rowl_outliers: int = 5000  # size of ROWL's fixed outlier class (SPEC section 4)
-    reject_classes: int = 5  # SOFL's R
 
 
 class AuxPool:

@@ -227,10 +227,7 @@ def load_digits_in(root: object = None, download: bool = False) -> InDistributio
         augment=True,
         default_ood=("tiles", "scenes_crop", "scenes_resize"),
         default_aux="photos",
-        default_q=0.125,
         schedule="cifar",
-        rowl_outliers=130,  # ~1/10 of the train set, as CIFAR-10's 5,000 for 50,000
-        reject_classes=5,
     )
 
 

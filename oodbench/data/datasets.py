@@ -99,14 +99,6 @@ def _cifar_folder(root: Path, classes: int, splits: tuple[str, ...], download: b
     return folder
 
 
-# The per-data-set settings of SPEC sections 2-5 that differ between CIFAR-10 and CIFAR-100: the mining quantile q,
-# ROWL's number of outliers and SOFL's number of reject classes R.
-_CIFAR_SETTINGS = {
-    10: {"default_q": 0.125, "rowl_outliers": 5000, "reject_classes": 5},
-    100: {"default_q": 0.5, "rowl_outliers": 500, "reject_classes": 10},
-}
-
-
 def _load_cifar_in(root: Path, num_classes: int, download: bool) -> InDistribution:
     folder = _cifar_folder(root, num_classes, ("train", "test"), download)
     return InDistribution(
@@ -119,7 +111,6 @@ def _load_cifar_in(root: Path, num_classes: int, download: bool) -> InDistributi
         default_ood=CIFAR_OOD,
         default_aux="tinyimages",
         schedule="cifar",
-        **_CIFAR_SETTINGS[num_classes],
     )
 
 
@@ -199,10 +190,7 @@ def load_svhn(root: Path, download: bool = False) -> InDistribution:
         augment=False,
         default_ood=SVHN_OOD,
         default_aux="tinyimages",
-        default_q=0.0,
         schedule="svhn",
-        rowl_outliers=7325,
-        reject_classes=5,
     )
 
 
@@ -419,10 +407,7 @@ def load_folder_in(name: str, path: Path) -> InDistribution:
         augment=True,
         default_ood=("tiles", "scenes_crop", "scenes_resize"),
         default_aux="photos",
-        default_q=0.125,
         schedule="cifar",
-        rowl_outliers=max(1, len(train) // 10),
-        reject_classes=5,
     )
 
 

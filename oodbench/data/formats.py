@@ -5,7 +5,7 @@ when a file is missing, truncated or malformed. Everything is decoded to uint8 (
 [N, H, W, 3] memory maps for auxiliary pools); nothing is normalised here.
 
 Decoded image folders and the converted ImageNet64 batches are cached under `cache_dir()`
-(`$OODBENCH_CACHE`, default `~/.cache/oodbench/decoded`), keyed by file names, sizes and modification times,
+(`$OODBENCH_CACHE/decoded`, default `~/.cache/oodbench/decoded`), keyed by file names, sizes and modification times,
 and written atomically (temporary file + rename), so a crash never leaves a half-written cache entry.
 """
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from oodbench import cachedir
 from oodbench.data.base import ArrayPool, AuxPool, ImageSet, advise_random, images_from_hwc, read_rows, require
 from oodbench.errors import DataError
 
@@ -37,10 +38,9 @@ _DECODER_VERSION = "resize-shorter-bilinear+center-crop/v1"  # part of every fol
 
 
 def cache_dir() -> Path:
-    """Where decoded folders and converted ImageNet64 batches are cached: `$OODBENCH_CACHE`, default
-    `~/.cache/oodbench/decoded`."""
-    env = os.environ.get("OODBENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "oodbench" / "decoded"
+    """Where decoded folders and converted ImageNet64 batches are cached: `decoded/` of the cache directory
+    (`oodbench.cachedir`: `$OODBENCH_CACHE`, default `~/.cache/oodbench`)."""
+    return cachedir.cache_dir("decoded")
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:

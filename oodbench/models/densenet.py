@@ -176,7 +176,9 @@ class DenseNet3(OODNet):
         return self.fc(pooled), [f0, f1, f2, f3]
 
 
-@register_arch("densenet100", summary="DenseNet-BC-100, growth 12 (the paper's main network, ~0.77 M params)")
+@register_arch(
+    "densenet100", options=("init",), summary="DenseNet-BC-100, growth 12 (the paper's main network, ~0.77 M params)"
+)
 def densenet100(num_outputs: int, normalization=None, **kwargs) -> OODNet:
     """DenseNet-BC-100 with growth 12, reduction 0.5, dropout 0 (ATOM paper, Appendix B.1; SPEC section 3).
 
@@ -186,7 +188,9 @@ def densenet100(num_outputs: int, normalization=None, **kwargs) -> OODNet:
     return DenseNet3(num_outputs=num_outputs, normalization=normalization, depth=100, growth=12, **kwargs)
 
 
-@register_arch("densenet", summary="DenseNet-BC of any depth / growth (DenseNet3 of the ODIN / OE code)")
+@register_arch(
+    "densenet", options=("init",), summary="DenseNet-BC of any depth / growth (DenseNet3 of the ODIN / OE code)"
+)
 def densenet(num_outputs: int, normalization=None, depth: int = 100, growth: int = 12, **kwargs) -> OODNet:
     """A DenseNet3 of the given `depth` and `growth` (Huang et al. 2017); other keywords go to `DenseNet3`."""
     return DenseNet3(num_outputs=num_outputs, normalization=normalization, depth=depth, growth=growth, **kwargs)

@@ -41,11 +41,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.base import AttackContext, derive_seed, start_noise_for_set, to_unit
+from attacks.base import AttackContext, start_noise_for_set, to_unit
 from attacks.pgd import PGDConfig, pgd_linf
 from attacks.strong import strong_scores
+from oodbench.commands import add_command
 from oodbench.detector import Detector
 from oodbench.metrics import auroc, fpr_at_tpr, threshold_at_tpr
+from oodbench.seeding import numpy_rng
 
 EPS_GRID = (0, 2, 4, 8, 16)  # in 1/255 units
 STEPS_GRID = (10, 40, 100)
@@ -350,7 +352,7 @@ def _subject(args: argparse.Namespace, log: Callable[[str], None]):
         log(f"sanity: trained {args.arch} on {in_dist.name}, {args.epochs} epochs ({time.time() - started:.1f} s)")
     model = model.to(device).eval()
     if len(ood) > args.n_ood:  # a fixed subset, the same for every seed
-        rng = np.random.default_rng(derive_seed("sanity-subset", args.ood) % (2**32))
+        rng = numpy_rng("sanity-subset", args.ood)
         ood = ood.subset(np.sort(rng.permutation(len(ood))[: args.n_ood]))
     test = in_dist.test.images.to(device)
     id_scores = torch.cat(
@@ -420,11 +422,4 @@ def register(subparsers) -> None:
     parser.set_defaults(func=cmd_sanity)
 
 
-def _register() -> None:
-    from oodbench import cli
-
-    if register not in cli._EXTRA_COMMANDS:
-        cli._EXTRA_COMMANDS.append(register)
-
-
-_register()
+add_command(register)

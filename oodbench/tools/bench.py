@@ -50,6 +50,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from oodbench.commands import add_command
+
 if TYPE_CHECKING:
     import argparse
 
@@ -841,10 +843,11 @@ def measure_reference(cfg: BenchConfig, model: nn.Module, device: torch.device, 
 
 def _measure_reference(cfg: BenchConfig, model: nn.Module, device: torch.device, log, work: Path) -> dict[str, Any]:
 
-    from attacks.base import AttackContext, derive_seed
+    from attacks.base import AttackContext
     from attacks.corruptions import variant_list, variants_for
     from attacks.pgd import PGDConfig
     from oodbench.registry import THREATS
+    from oodbench.seeding import derive_seed
 
     ctx_build = _build_context(cfg.arch, device)
     msp = _detector("msp", ctx_build)
@@ -1548,18 +1551,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _register_command() -> None:
-    """Append `register` to `oodbench.cli._EXTRA_COMMANDS`. Under `python -m oodbench.cli` the running CLI is the
-    module `__main__`, a second copy with its own list, so it is registered there too."""
-    import importlib
-
-    modules = [importlib.import_module("oodbench.cli")]
-    main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) == "oodbench.cli":
-        modules.append(main)
-    for module in modules:
-        if register not in module._EXTRA_COMMANDS:
-            module._EXTRA_COMMANDS.append(register)
-
-
-_register_command()
+add_command(register)

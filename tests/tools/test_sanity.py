@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import oodbench.sanity as sanity
+import oodbench.tools.sanity as sanity
 from attacks.base import AttackContext
 from attacks.pgd import PGDConfig
 from baselines.msp import MSP

@@ -2,7 +2,7 @@
 
     oodbench plot boundary [--out gauss2d_boundary.png] [--seed 0] [--adversarial/--no-adversarial] [--epochs 30]
 
-It trains two (K+1)-way detectors on the `gauss2d` toy (oodbench.toy) from the same initialisation, one with
+It trains two (K+1)-way detectors on the `gauss2d` toy (oodbench.tools.toy) from the same initialisation, one with
 randomly sampled auxiliary outliers and one with informative outlier mining (Algorithm 1, q = 0), with ATOM's
 objective (eq. 1; `--no-adversarial`: NTOM's, eq. 4), and draws them side by side: the in-distribution points by
 class, the outliers trained on in the last epoch (grey; the mined ones ring the data), the learned decision
@@ -18,11 +18,11 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from oodbench.cli import _EXTRA_COMMANDS
+from oodbench.commands import add_command
 from oodbench.errors import ConfigError
 
 if TYPE_CHECKING:
-    from oodbench.toy import Gauss2d, ToyDetector
+    from oodbench.tools.toy import Gauss2d, ToyDetector
 
 CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 REGION_COLOUR = "#dbe9f6"
@@ -45,7 +45,7 @@ def arrow_sources(data: Gauss2d, count: int = ARROWS):
 def _panel(ax, detector: ToyDetector, data: Gauss2d, title: str, resolution: int = 300) -> None:
     import numpy as np
 
-    from oodbench.toy import LEARNED_GAMMA, grid
+    from oodbench.tools.toy import LEARNED_GAMMA, grid
 
     box = data.config.box
     axis, points = grid(box, resolution)
@@ -102,7 +102,7 @@ def _panel(ax, detector: ToyDetector, data: Gauss2d, title: str, resolution: int
 
 def plot_boundary(random: ToyDetector, mined: ToyDetector, data: Gauss2d, path: Path | str) -> Path:
     """Save the two-panel Figure 2 (random outliers left, mined right) as a PNG at `path`."""
-    from oodbench.toy import single_thread
+    from oodbench.tools.toy import single_thread
 
     with single_thread():  # scoring the grid and attacking the arrows' outliers: tiny tensors
         return _plot_boundary(random, mined, data, Path(path))
@@ -148,7 +148,7 @@ def _plot_boundary(random: ToyDetector, mined: ToyDetector, data: Gauss2d, path:
 
 def cmd_plot_boundary(args: argparse.Namespace) -> int:
     """`oodbench plot boundary`: train both toy detectors, save the figure, print the path and the numbers."""
-    from oodbench.toy import ToyTrainConfig, compare
+    from oodbench.tools.toy import ToyTrainConfig, compare
 
     config = ToyTrainConfig(adversarial=args.adversarial)
     if args.epochs is not None:
@@ -168,7 +168,7 @@ def cmd_plot_boundary(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add `oodbench plot {boundary}` to the CLI (oodbench.cli._EXTRA_COMMANDS)."""
+    """Add `oodbench plot {boundary}` to the CLI (recorded with oodbench.commands.add_command)."""
     plot = subparsers.add_parser("plot", help="figures (boundary: the paper's Figure 2 toy example)")
     figures = plot.add_subparsers(dest="figure", required=True, metavar="FIGURE")
     boundary = figures.add_parser(
@@ -189,5 +189,4 @@ def register(subparsers) -> None:
     boundary.set_defaults(func=cmd_plot_boundary)
 
 
-if register not in _EXTRA_COMMANDS:
-    _EXTRA_COMMANDS.append(register)
+add_command(register)

@@ -89,13 +89,7 @@ def test_cifar10_pickles(tmp_path):
     assert np.array_equal(ind.test.images.numpy(), rows["test_batch"].reshape(-1, 3, 32, 32))
     assert (ind.num_classes, ind.normalization, ind.augment) == (10, (CIFAR_MEAN, CIFAR_STD), True)
     assert ind.default_ood == ("svhn", "textures", "places365", "lsun_c", "lsun_r", "isun")
-    assert (ind.default_aux, ind.default_q, ind.schedule, ind.rowl_outliers, ind.reject_classes) == (
-        "tinyimages",
-        0.125,
-        "cifar",
-        5000,
-        5,
-    )
+    assert (ind.default_aux, ind.schedule) == ("tinyimages", "cifar")
     ood = data.load_ood("cifar10", root=root)
     assert ood.labels is None and torch.equal(ood.images, ind.test.images)
 
@@ -105,7 +99,7 @@ def test_cifar100_pickles(tmp_path):
     ind = data.load_in_distribution("cifar100", root=root)
     assert np.array_equal(ind.train.images.numpy(), rows["train"].reshape(-1, 3, 32, 32))
     assert int(ind.train.labels.max()) < 100
-    assert (ind.num_classes, ind.default_q, ind.rowl_outliers, ind.reject_classes) == (100, 0.5, 500, 10)
+    assert ind.num_classes == 100
     with pytest.raises(UnknownNameError, match="cannot be used as an OOD"):
         data.load_ood("cifar100", root=root)
 
@@ -190,13 +184,7 @@ def test_svhn_mat_and_first_per_class(tmp_path, monkeypatch):
     keep = [0, 1, 2, 4, 5, 7, 9]
     assert ind.test.labels.tolist() == [0, 1, 0, 2, 1, 2, 3]
     assert np.array_equal(ind.test.images.numpy(), x_test.transpose(3, 2, 0, 1)[keep])
-    assert (ind.normalization, ind.augment, ind.default_q, ind.schedule, ind.rowl_outliers) == (
-        None,
-        False,
-        0.0,
-        "svhn",
-        7325,
-    )
+    assert (ind.normalization, ind.augment, ind.schedule) == (None, False, "svhn")
     assert ind.default_ood[0] == "cifar10"
     ood = data.load_ood("svhn", root=tmp_path)
     assert torch.equal(ood.images, ind.test.images) and ood.labels is None
@@ -264,7 +252,7 @@ def test_image_folder_order_decode_and_cache(tmp_path, monkeypatch):
         with Image.open(folder / rel) as im:
             expected = np.asarray(formats.resize_center_crop(im.convert("RGB"))).transpose(2, 0, 1)
         assert np.array_equal(s.images[i].numpy(), expected), rel
-    assert len(list((tmp_path / "cache").glob("folder-*.npy"))) == 1
+    assert len(list((tmp_path / "cache" / "decoded").glob("folder-*.npy"))) == 1
 
     # the second load comes from the cache: nothing is decoded
     def no_decode(*args):
@@ -456,7 +444,7 @@ def test_imagenet64_pickles_and_cache(tmp_path, monkeypatch):
     assert len(pool) == len(expected) and pool.image_size == 64
     positions = np.array([len(expected) - 1, 0, 5, 2, 5])
     assert np.array_equal(pool.get(positions).numpy(), expected[positions])
-    assert len(list((tmp_path / "cache").glob("imagenet64-*.npy"))) == 10
+    assert len(list((tmp_path / "cache" / "decoded").glob("imagenet64-*.npy"))) == 10
 
     def no_pickle(*args):
         raise RuntimeError("converted again")
@@ -546,7 +534,7 @@ def test_builtin_digits():
     assert torch.equal(ind.train.images[:, 0], ind.train.images[:, 2])  # grey replicated
     assert ind.train.images.max() == 255 and ind.train.images.min() == 0
     assert ind.default_ood == ("tiles", "scenes_crop", "scenes_resize") and ind.default_aux == "photos"
-    assert (ind.default_q, ind.schedule, ind.rowl_outliers, ind.reject_classes) == (0.125, "cifar", 130, 5)
+    assert ind.schedule == "cifar"
     # the literal normalisation constants are the train split's statistics
     mean, std = builtin.digits_train_stats()
     assert np.allclose(ind.normalization[0], mean, atol=1e-7) and np.allclose(ind.normalization[1], std, atol=1e-7)

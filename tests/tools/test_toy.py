@@ -1,6 +1,6 @@
-"""The ATOM paper's Figure 2 toy (oodbench.toy, `oodbench plot boundary`): data, mining, the tightening it shows.
+"""The ATOM paper's Figure 2 toy (oodbench.tools.toy, `oodbench plot boundary`): data, mining, the tightening it shows.
 
-Seconds on 2 CPU cores: the toy trains on one thread (oodbench.toy.single_thread).
+Seconds on 2 CPU cores: the toy trains on one thread (oodbench.tools.toy.single_thread).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from oodbench.errors import UnknownNameError
 from oodbench.mining import sample_positions
 from oodbench.models import create_model
 from oodbench.registry import DATASETS
-from oodbench.toy import (
+from oodbench.tools.toy import (
     Gauss2d,
     Gauss2dConfig,
     ToyTrainConfig,
@@ -148,7 +148,7 @@ def test_mining_tightens_the_learned_boundary(seed, adversarial):
         data.mahalanobis(random.last_outliers).median()
     )
     # at 95 % TPR both are close to the smallest region holding 95 % of the data (3 pi (2.45 std)^2 = 14.1):
-    # in 2-D the threshold follows the data whatever the outliers (see oodbench.toy)
+    # in 2-D the threshold follows the data whatever the outliers (see oodbench.tools.toy)
     for det in (random, mined):
         assert 12.0 < det.tpr95.area < 17.0 and det.tpr95.fpr < 0.005
 

@@ -1,5 +1,5 @@
-"""`oodbench bench` (oodbench.bench): the quick run's JSON, the reference-style baseline's agreement with the suite,
-and the CIFAR-10 projection arithmetic."""
+"""`oodbench bench` (oodbench.tools.bench): the quick run's JSON, the reference-style baseline's agreement with the
+suite, and the CIFAR-10 projection arithmetic."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from oodbench import bench, cli
+from oodbench import cli
+from oodbench.tools import bench
 
 STAGES = ("clean_scoring", "pgd", "corruption_generation", "corruption_search", "mining") + tuple(
     f"train/{label}" for label, _ in bench.TRAIN_FAMILIES
@@ -124,11 +126,11 @@ def test_reference_style_pieces_on_fixed_inputs(tmp_path):
             return x.mean(dim=(1, 2, 3))
 
     x = torch.full((2, 3, 32, 32), 0.5)
-    variants = bench.np.stack(
+    variants = np.stack(
         [
-            bench.np.full((2, 32, 32, 3), 100, dtype=bench.np.uint8),  # darker than clean (127.5)
-            bench.np.full((2, 32, 32, 3), 200, dtype=bench.np.uint8),
-            bench.np.full((2, 32, 32, 3), 200, dtype=bench.np.uint8),  # a tie: not taken
+            np.full((2, 32, 32, 3), 100, dtype=np.uint8),  # darker than clean (127.5)
+            np.full((2, 32, 32, 3), 200, dtype=np.uint8),
+            np.full((2, 32, 32, 3), 200, dtype=np.uint8),  # a tie: not taken
         ]
     )
     variants[2, 1] = 250  # image 1: the last variant is strictly brighter
