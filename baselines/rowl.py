@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks.pgd import pgd_linf
+from oodbench.data.augment import center_crop
 from oodbench.data.base import ImageSet
 from oodbench.detector import Detector, Stage
 from oodbench.registry import register_detector
@@ -72,11 +73,7 @@ class ROWL(Detector):
         count = self.config.outliers or max(1, len(train) // 10)
         rng = numpy_rng("rowl-outliers", train.fingerprint())
         positions = np.sort(rng.choice(len(ctx.aux), size=min(count, len(ctx.aux)), replace=False))
-        outliers = ctx.aux.get(positions)
-        if outliers.shape[-1] != train.images.shape[-1]:  # ImageNet-RC: the central crop
-            offset = (outliers.shape[-1] - train.images.shape[-1]) // 2
-            size = train.images.shape[-1]
-            outliers = outliers[:, :, offset : offset + size, offset : offset + size]
+        outliers = center_crop(ctx.aux.get(positions), train.images.shape[-1])  # ImageNet-RC: 64 -> 32
         labels = torch.full((len(outliers),), self.num_classes, dtype=torch.long)
         return ImageSet(
             torch.cat([train.images, outliers.contiguous()]),

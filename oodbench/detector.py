@@ -86,58 +86,18 @@ class BuildContext:
     device: torch.device = torch.device("cpu")
 
 
-class Detector:
-    """Base class. Subclasses set the class attributes and override what differs (see module docstring)."""
+class TrainingRecipe:
+    """How a detector's network is built and trained (SPEC section 3): its stages, outlier streams and hooks.
+    The training loop (`oodbench.training`) sees a detector only through these members."""
 
-    #: set by `@register_detector(name)` (never written by hand)
-    name: ClassVar[str] = ""
-    #: position in tables and in `--methods all` (the paper's Table 1); unset: after the paper's, by file name
-    order: ClassVar[float] = 1000.0
     #: which trained network it scores: "vanilla" for the post-hoc methods (MSP, ODIN, Mahalanobis share it)
     recipe: ClassVar[str] = ""
     #: head size = K + extra_outputs
     extra_outputs: ClassVar[int] = 0
     #: trains with auxiliary outliers (the run then needs an auxiliary pool)
     uses_aux: ClassVar[bool] = False
-    #: tunes post-hoc parameters on auxiliary images (ODIN's magnitude)
-    tunes_on_aux: ClassVar[bool] = False
-    #: a fixed acceptance threshold (ROWL's binary decision, SPEC section 1); None = 95 % TPR on in-dist
-    fixed_threshold: ClassVar[float | None] = None
-    #: hyper-parameters with the paper's defaults; `--set name.field=value` overrides them
-    Config: ClassVar[type] = dataclass(type("Config", (), {}))
+    num_classes: int
 
-    def __init__(self, num_classes: int, config: Any = None):
-        self.num_classes = num_classes
-        self.config = config if config is not None else self.Config()
-
-    # ----- configuration ---------------------------------------------------------------------------
-    @classmethod
-    def make_config(cls, ctx: BuildContext | None = None, overrides: dict[str, Any] | None = None) -> Any:
-        """The method's Config: its defaults, then the protocol's presets for it (`Protocol.method_settings`),
-        then `overrides` (`--set`), then the data-set-dependent defaults still unset (`resolve_defaults`)."""
-        config = cls.Config()
-        fields = {f.name: f for f in dataclasses.fields(config)}
-        presets = ctx.protocol.settings_for(cls.name) if ctx is not None and ctx.protocol is not None else {}
-        for key, value in [*presets.items(), *(overrides or {}).items()]:
-            if key not in fields:
-                from oodbench.errors import ConfigError
-
-                raise ConfigError(f"{cls.name} has no setting '{key}' (settings: {', '.join(fields) or 'none'})")
-            config = dataclasses.replace(config, **{key: _coerce(value, fields[key].type)})
-        if ctx is not None:
-            config = cls.resolve_defaults(config, ctx)
-        return config
-
-    @classmethod
-    def resolve_defaults(cls, config: Any, ctx: BuildContext) -> Any:
-        """Fill data-set- or protocol-dependent defaults (e.g. ATOM's q per data set)."""
-        return config
-
-    @property
-    def head_size(self) -> int:
-        return self.num_classes + self.extra_outputs
-
-    # ----- training ----------------------------------------------------------------------------------
     def build_model(self, ctx: BuildContext, base: nn.Module) -> nn.Module:
         """The network trained and checkpointed for this method (CCU wraps `base` with its mixtures)."""
         return base
@@ -167,7 +127,14 @@ class Detector:
         """The OOD score used by informative outlier mining (higher = more OOD): softmax_{K+1}."""
         return F.softmax(model(x), dim=1)[:, self.num_classes]
 
-    # ----- post-hoc fitting ----------------------------------------------------------------------
+
+class PostHocFit:
+    """What a detector fits on a trained network before scoring (SPEC section 4, "Tuning data"), and the fitted
+    state the runner saves (`torch.save`) and restores (`torch.load(weights_only=True)`)."""
+
+    #: tunes post-hoc parameters on auxiliary images (ODIN's magnitude)
+    tunes_on_aux: ClassVar[bool] = False
+
     def fit(self, model: nn.Module, data: FitData) -> None:
         """Fit post-hoc parameters (ODIN magnitude, Mahalanobis statistics). Default: nothing to fit."""
 
@@ -182,7 +149,17 @@ class Detector:
         """Human-readable facts about the fit for run metadata (e.g. the chosen magnitude)."""
         return {}
 
-    # ----- scoring -----------------------------------------------------------------------------------
+
+class ScoringRule:
+    """How a detector scores inputs (higher = more in-distribution) and what the attacks maximise (module
+    docstring). The threat models see a detector only through these members."""
+
+    #: a fixed acceptance threshold (ROWL's binary decision, SPEC section 1); None = 95 % TPR on in-dist
+    fixed_threshold: ClassVar[float | None] = None
+    name: ClassVar[str] = ""
+    num_classes: int
+    extra_outputs: ClassVar[int] = 0
+
     def score_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The score of a detector whose score is a function of the logits."""
         raise NotImplementedError(f"{self.name}: implement score_logits or score")
@@ -223,6 +200,48 @@ class Detector:
             return logits[:, : self.num_classes].max(dim=1).values - logits[:, self.num_classes :].max(dim=1).values
         top2 = logits[:, : self.num_classes].topk(2, dim=1).values
         return top2[:, 0] - top2[:, 1]
+
+
+class Detector(ScoringRule, PostHocFit, TrainingRecipe):
+    """Base class: a scoring rule, its post-hoc fit and its training recipe, with one Config. Subclasses set the
+    class attributes and override what differs (see module docstring)."""
+
+    #: set by `@register_detector(name)` (never written by hand)
+    name: ClassVar[str] = ""
+    #: position in tables and in `--methods all` (the paper's Table 1); unset: after the paper's, by file name
+    order: ClassVar[float] = 1000.0
+    #: hyper-parameters with the paper's defaults; `--set name.field=value` overrides them
+    Config: ClassVar[type] = dataclass(type("Config", (), {}))
+
+    def __init__(self, num_classes: int, config: Any = None):
+        self.num_classes = num_classes
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def make_config(cls, ctx: BuildContext | None = None, overrides: dict[str, Any] | None = None) -> Any:
+        """The method's Config: its defaults, then the protocol's presets for it (`Protocol.method_settings`),
+        then `overrides` (`--set`), then the data-set-dependent defaults still unset (`resolve_defaults`)."""
+        config = cls.Config()
+        fields = {f.name: f for f in dataclasses.fields(config)}
+        presets = ctx.protocol.settings_for(cls.name) if ctx is not None and ctx.protocol is not None else {}
+        for key, value in [*presets.items(), *(overrides or {}).items()]:
+            if key not in fields:
+                from oodbench.errors import ConfigError
+
+                raise ConfigError(f"{cls.name} has no setting '{key}' (settings: {', '.join(fields) or 'none'})")
+            config = dataclasses.replace(config, **{key: _coerce(value, fields[key].type)})
+        if ctx is not None:
+            config = cls.resolve_defaults(config, ctx)
+        return config
+
+    @classmethod
+    def resolve_defaults(cls, config: Any, ctx: BuildContext) -> Any:
+        """Fill data-set- or protocol-dependent defaults (e.g. ATOM's q per data set)."""
+        return config
+
+    @property
+    def head_size(self) -> int:
+        return self.num_classes + self.extra_outputs
 
 
 # ----- losses shared by several detectors --------------------------------------------------------------

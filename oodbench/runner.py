@@ -25,7 +25,7 @@ from oodbench.accel import check_precision, fp32_scoring, maybe_compile
 from oodbench.cachedir import cache_root
 from oodbench.checkpoint import check_meta, file_sha256, load_checkpoint
 from oodbench.config import METHOD_SWITCHES, TRAINING_SWITCHES, Profile, Protocol, get_profile, get_protocol
-from oodbench.data import load_aux, load_in_distribution, load_ood
+from oodbench.data import center_crop, load_aux, load_in_distribution, load_ood
 from oodbench.data.base import AuxPool, ImageSet, InDistribution
 from oodbench.detector import BuildContext, Detector, FitData
 from oodbench.errors import CheckpointError, ConfigError
@@ -725,9 +725,7 @@ def tuning_data(plan: RunPlan) -> tuple[ImageSet, ImageSet | None]:
         rng = numpy_rng("tune-aux")
         count = min(TUNE_IMAGES, len(plan.aux))
         images = plan.aux.get(np.sort(rng.choice(len(plan.aux), size=count, replace=False)))
-        if images.shape[-1] != 32:  # ImageNet-RC: the central 32x32 crop
-            offset = (images.shape[-1] - 32) // 2
-            images = images[:, :, offset : offset + 32, offset : offset + 32].contiguous()
+        images = center_crop(images, 32)  # ImageNet-RC: the central 32x32 crop
         tune_aux = ImageSet(images, name="tune_aux", source=plan.aux.source)
     return tune_in, tune_aux
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from oodbench.data.augment import random_crop_flip, to_float
+from oodbench.data.augment import center_crop, random_crop_flip, to_float
 from oodbench.data.base import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -48,6 +48,7 @@ __all__ = [
     "load_aux",
     "load_in_distribution",
     "load_ood",
+    "center_crop",
     "random_crop_flip",
     "to_float",
 ]

@@ -48,3 +48,12 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     if images.dtype != torch.uint8:
         raise TypeError(f"to_float expects uint8 images, got {images.dtype}")
     return images.to(torch.float32).div_(255.0)
+
+
+def center_crop(images: torch.Tensor, size: int = 32) -> torch.Tensor:
+    """The central `size` x `size` crop of uint8 [B, C, S, S] images (the images themselves when S == size): how
+    ImageNet-RC's 64x64 auxiliary images enter anything but the training augmentation (SPEC section 2)."""
+    if images.shape[-1] == size:
+        return images
+    offset = (images.shape[-1] - size) // 2
+    return images[:, :, offset : offset + size, offset : offset + size].contiguous()
