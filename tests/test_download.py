@@ -313,7 +313,8 @@ def test_every_format_installs_where_the_loaders_read_it_and_a_second_call_downl
     assert kept == [f"Places365_test_{i:08d}.jpg" for i in range(1, PLACES_LISTED + 1)]
     assert len(data.load_ood("places365", tmp_path)) == PLACES_LISTED
     assert not (tmp_path / dl.DOWNLOADS).exists()  # archives deleted, staging removed
-    assert (tmp_path / "LSUN" / dl.MANIFEST).is_file()
+    for folder in ("LSUN", "dtd/images", "places365"):  # where --verify looks for them
+        assert (tmp_path / folder / dl.MANIFEST).is_file(), folder
 
     before = len(server.requests)
     assert _fetch(names, tmp_path, sources) == []

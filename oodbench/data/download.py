@@ -526,7 +526,13 @@ def install(
     jobs sharing a root download a set once."""
     from oodbench.locks import file_lock
 
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK)
+    except OSError as error:
+        raise DataError(f"cannot create the data root '{root}' ({error}); pass a writable --data-root") from None
+    if not writable:
+        raise DataError(f"the data root '{root}' is not writable; pass a writable --data-root to download into")
     with file_lock(root / LOCK):
         missing = [t for t in source.targets if not (root / t).exists()]
         if not missing:
@@ -586,11 +592,9 @@ def _install_into(
         raise DataError(
             f"{source.name}: the downloaded files fail their check ({state.detail}), so nothing was installed{kept}"
         )
-    for target in missing:
-        if (staging / target).is_dir() and any(
-            isinstance(c, ImageCount) and _applies(c.path, [target]) for c in source.checks
-        ):
-            write_manifest(staging / target)
+    for check in source.checks:  # the folders `--verify` checks against what was downloaded
+        if isinstance(check, ImageCount) and _applies(check.path, missing):
+            write_manifest(staging / check.path)
     record = _Record(root)
     for target in missing:  # each target appears whole or not at all
         (root / target).parent.mkdir(parents=True, exist_ok=True)
