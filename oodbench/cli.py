@@ -247,16 +247,16 @@ def cmd_data(args) -> int:
         print("\nChecks:")
         for r in checked:
             print(f"  {r['name']} ({r['role']}): {_STATE_WORDS.get(r['state'], r['state'])}: {r['detail']}")
-    missing = [r for r in rows if r["state"] != "present" and r["state"] != "built-in"]
+    missing = {r["name"]: r for r in rows if r["state"] not in ("present", "built-in")}  # once per set
     if missing:
         print("\nHow to obtain the sets that are not complete (expected layout under the data root):")
-        for r in missing:
-            print(f"\n{r['name']} ({r['role']}):\n  layout: {r['layout']}")
+        for r in missing.values():
+            print(f"\n{r['name']}:\n  layout: {r['layout']}\n  source: {r['obtain']}")
             if r["download"]:
-                print(f"  obtain: oodbench data --download {r['name']} --data-root {root}  ({r['obtain']})")
+                print(f"  download: oodbench data --download {r['name']} --data-root {root}")
                 print(f"  verified by: {r['verification']}")
-            else:
-                print(f"  obtain: {r['unavailable'] or r['obtain']}")
+            elif r["unavailable"]:
+                print(f"  no download: {r['unavailable']}")
     bad = [r for r in rows if r["state"] in ("incomplete", "checksum mismatch")]
     return 1 if args.verify and bad else 0
 

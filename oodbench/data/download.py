@@ -120,12 +120,14 @@ def _looks_like_html(first_bytes: bytes, content_type: str) -> bool:
     )
 
 
-def _fetch_url(url: str, part: Path, timeout: float, retries: int, show: bool, label: str) -> None:
+def _fetch_url(url: str, part: Path, timeout: float, retries: int, show: bool, label: str, log: Log) -> None:
     """Download `url` into `part`, appending from its current size (HTTP Range) and retrying a cut connection up to
     `retries` times. Raises _HtmlPage, _Interrupted (part kept) or urllib errors."""
     detail = ""
-    for _ in range(retries + 1):
+    for attempt in range(retries + 1):
         offset = part.stat().st_size if part.exists() else 0
+        if attempt:
+            log(f"  {label}: {detail}; resuming at byte {offset:,} (attempt {attempt + 1} of {retries + 1})")
         headers = {"User-Agent": USER_AGENT}
         if offset:
             headers["Range"] = f"bytes={offset}-"
@@ -196,7 +198,7 @@ def fetch(
     for url in artifact.urls:
         log(f"  {artifact.filename}: downloading {url}" + (" (resuming)" if part.exists() else ""))
         try:
-            _fetch_url(url, part, timeout, retries, show, artifact.filename)
+            _fetch_url(url, part, timeout, retries, show, artifact.filename, log)
             break
         except _HtmlPage as page:
             part.unlink(missing_ok=True)  # a web page is no prefix of the file: nothing to resume
