@@ -483,9 +483,11 @@ def test_data_states_and_verify(server, tmp_path, capsys, monkeypatch):
     images[1].unlink()
     state, detail = states()[("lsun_c", "ood")]
     assert state == "incomplete" and f"{LSUN_IMAGES - 1} images" in detail
-    # a set that is present but damaged is never overwritten by --download
+    # a set that is present but damaged is never overwritten by --download, and nothing else is fetched either
     server.requests.clear()
-    assert _fetch(["lsun_c"], tmp_path, sources) == [] and server.requests == []
+    with pytest.raises(DataError, match="(?s)lsun_c: incomplete.*Move them aside"):
+        _fetch(["textures", "lsun_c"], tmp_path, sources)
+    assert server.requests == [] and len(list((tmp_path / "LSUN").rglob("*.jpg"))) == LSUN_IMAGES - 1
 
 
 def test_data_help_says_how_every_set_is_obtained_and_verified(capsys):
@@ -634,3 +636,30 @@ def test_a_download_with_progress_bars_on(server, tmp_path, capsys, monkeypatch)
     captured = capsys.readouterr()
     assert "LSUN.tar.gz" in captured.err and "lsun_c: fetching" in captured.out
     assert len(list((tmp_path / "LSUN").rglob("*.jpg"))) == LSUN_IMAGES
+
+
+def test_the_python_api_download_flag_uses_the_same_verified_path(server, tmp_path, monkeypatch):
+    """load_in_distribution / load_ood(download=True) fetch a missing set through oodbench.data.download."""
+    monkeypatch.setenv("OODBENCH_CACHE", str(tmp_path / "cache"))
+    pickles = {
+        f"cifar-10-batches-py/{name}": pickle.dumps(
+            {"data": np.full((2, 3072), i, dtype=np.uint8), "labels": [i % 10, 1]}, protocol=2
+        )
+        for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"])
+    }
+    archive = _tar(pickles)
+    cifar = Source(
+        "cifar10",
+        "test",
+        ("cifar-10-batches-py",),
+        (_archive(server, "cifar-10-python.tar.gz", archive, "tar", "cifar-10-batches-py"),),
+        tuple(FileDigest(rel, _md5(body)) for rel, body in pickles.items()),
+    )
+    for name, source in {**_sources(server), "cifar10": cifar}.items():
+        monkeypatch.setitem(SOURCES, name, source)
+    ind = data.load_in_distribution("cifar10", tmp_path, download=True)
+    assert len(ind.train) == 10 and int(ind.test.images.max()) == 5
+    assert len(data.load_ood("lsun_c", tmp_path, download=True)) == LSUN_IMAGES
+    assert [p for p, _ in server.requests] == ["/cifar-10-python.tar.gz", "/LSUN.tar.gz"]
+    states = {(r["name"], r["role"]): r["state"] for r in dl.data_status(tmp_path)}
+    assert states[("cifar10", "in")] == states[("cifar10", "ood")] == "present"

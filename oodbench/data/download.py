@@ -624,6 +624,18 @@ def download(
     first byte is fetched."""
     root = Path(root).expanduser()
     chosen = resolve_sources(names, sources)
+    damaged = []
+    for source in chosen:  # a present set that fails its checks is the user's to move aside, never overwritten
+        if all((root / t).exists() for t in source.targets):
+            state = check_state(root, source.targets, source)
+            if state.state != "present":
+                damaged.append(f"{source.name}: {state.state} ({state.detail})")
+    if damaged:
+        raise DataError(
+            "these sets are present but fail their checks, so they are not downloaded over:\n  "
+            + "\n  ".join(damaged)
+            + "\nMove them aside (or delete them) and rerun to download them again"
+        )
     installed = []
     for source in chosen:
         present = all((root / t).exists() for t in source.targets)
