@@ -71,7 +71,7 @@ SVHN_TEST_PER_CLASS = 1000
 PLACES365_LIST = "places365_test_list.txt"
 
 _FOLDER_RULE = "Resize(32) on the shorter side + CenterCrop(32), RGB"
-_TORCHVISION = "downloaded by torchvision with --download (download=True)"
+_DOWNLOAD = "`oodbench data --download NAME` or `oodbench run --download` fetch and verify it (download=True in Python)"
 
 
 def default_root() -> Path:
@@ -95,7 +95,7 @@ def _cifar_folder(root: Path, classes: int, splits: tuple[str, ...], download: b
         download_cifar(root, classes)
     layout = CIFAR10_LAYOUT if classes == 10 else CIFAR100_LAYOUT
     for f in files:  # every file before the first decode
-        require(f, f"CIFAR-{classes}", layout + f"\n(or pass download=True / --download: {_TORCHVISION})")
+        require(f, f"CIFAR-{classes}", layout + f"\nObtain: {_DOWNLOAD}")
     return folder
 
 
@@ -146,7 +146,7 @@ _register(
         "in",
         load_cifar10,
         CIFAR10_LAYOUT,
-        obtain="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, " + _TORCHVISION,
+        obtain="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         loaders={"in": load_cifar10, "ood": load_cifar10_ood},
         paths={"in": (CIFAR10_FOLDER,), "ood": (f"{CIFAR10_FOLDER}/test_batch",)},
         sizes={"in": 60000, "ood": 10000},
@@ -159,7 +159,7 @@ _register(
         "in",
         load_cifar100,
         CIFAR100_LAYOUT,
-        obtain="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz, " + _TORCHVISION,
+        obtain="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         paths={"in": (CIFAR100_FOLDER,)},
         sizes={"in": 60000},
     ),
@@ -175,7 +175,7 @@ def _svhn_file(root: Path, split: str, download: bool) -> Path:
     path = root / "svhn" / f"{split}_32x32.mat"
     if download and not path.exists():
         download_svhn(path.parent, split)
-    return require(path, "SVHN", SVHN_LAYOUT + f"\n(or pass download=True / --download: {_TORCHVISION})")
+    return require(path, "SVHN", SVHN_LAYOUT + f"\nObtain: {_DOWNLOAD}")
 
 
 def _svhn_test(path: Path, name: str) -> ImageSet:
@@ -218,7 +218,7 @@ _register(
         "in",
         load_svhn,
         SVHN_LAYOUT,
-        obtain="http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat), " + _TORCHVISION,
+        obtain="http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat)",
         loaders={"in": load_svhn, "ood": load_svhn_ood},
         paths={"in": ("svhn/train_32x32.mat", "svhn/test_32x32.mat"), "ood": ("svhn/test_32x32.mat",)},
         sizes={"in": 83257, "ood": 10000},
@@ -233,6 +233,10 @@ _register(
 
 def _folder_ood(name: str, rel: str, layout: str, obtain: str, size: int, summary: str, file_list: str = "") -> None:
     def load(root: Path, download: bool = False) -> ImageSet:
+        if download and not (root / rel).exists():
+            from oodbench.data.download import download as fetch_sets
+
+            fetch_sets([name], root, show=False, log=lambda message: None)
         folder = require(root / rel, name, layout + f"\nObtain: {obtain}")
         listed = folder / file_list if file_list and (folder / file_list).is_file() else None
         return read_image_folder(folder, layout, what=name, file_list=listed)

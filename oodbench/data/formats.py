@@ -193,12 +193,11 @@ def read_cifar(folder: Path | str, classes: int, split: str, name: str = "") -> 
 
 
 def download_cifar(root: Path, classes: int) -> None:
-    """Download and extract the CIFAR archive into `root` through torchvision (md5-checked)."""
-    from torchvision.datasets import CIFAR10, CIFAR100
-    from torchvision.datasets.utils import download_and_extract_archive
+    """Download, verify (md5 of the archive and of every batch file) and install the CIFAR folder into `root`
+    (oodbench.data.download)."""
+    from oodbench.data.download import download
 
-    cls = CIFAR10 if classes == 10 else CIFAR100
-    download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
+    download([f"cifar{classes}"], root, show=False, log=lambda message: None)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -246,12 +245,10 @@ def first_per_class(labels: np.ndarray | torch.Tensor, per_class: int) -> np.nda
 
 
 def download_svhn(folder: Path, split: str) -> None:
-    """Download `{split}_32x32.mat` into `folder` through torchvision (md5-checked)."""
-    from torchvision.datasets import SVHN
-    from torchvision.datasets.utils import download_url
+    """Download and verify (md5) the missing SVHN files into `folder` (= ROOT/svhn; oodbench.data.download)."""
+    from oodbench.data.download import download
 
-    url, filename, md5 = SVHN.split_list[split]
-    download_url(url, str(folder), filename, md5)
+    download(["svhn"], folder.parent, show=False, log=lambda message: None)
 
 
 # --------------------------------------------------------------------------------------------------------------
