@@ -18,6 +18,7 @@ import pandas as pd
 from oodbench.commands import add_command
 from oodbench.errors import ConfigError
 from oodbench.io import atomic_path
+from oodbench.resources import bundled
 from oodbench.results import TIDY_COLUMNS, load_cells, paper_reference, tidy
 
 KEY = ["in_dist", "method", "ood_set", "threat", "metric"]
@@ -39,11 +40,13 @@ class CheckResult:
 
 def read_baseline(baseline: str | Path) -> pd.DataFrame:
     """A tidy frame from a run directory or a tidy CSV file."""
-    path = Path(baseline)
+    path = resolve_baseline(baseline)
     if path.is_dir():
         return tidy(load_cells([path]))
     if not path.is_file():
-        raise ConfigError(f"baseline '{baseline}' is neither a run directory nor a CSV file (nor 'paper')")
+        raise ConfigError(
+            f"baseline '{baseline}' is neither a run directory nor a CSV file (nor 'paper' or 'reference:NAME')"
+        )
     frame = pd.read_csv(path)
     missing = [c for c in TIDY_COLUMNS if c not in frame.columns]
     if missing:
@@ -51,6 +54,21 @@ def read_baseline(baseline: str | Path) -> pd.DataFrame:
             f"baseline CSV '{path}' lacks the columns {missing}; write it with `oodbench table --format csv`"
         )
     return frame[TIDY_COLUMNS]
+
+
+def resolve_baseline(baseline: str | Path) -> Path:
+    """`reference:NAME` -> the bundled `results/reference/NAME.csv` (e.g. `reference:smoke`, what CI checks);
+    anything else is a path."""
+    text = str(baseline)
+    if not text.startswith("reference:"):
+        return Path(baseline)
+    name = text.split(":", 1)[1]
+    path = bundled("reference", f"{name}.csv")
+    if path is None:
+        folder = bundled("reference")
+        known = sorted(p.stem for p in folder.glob("*.csv")) if folder is not None else []
+        raise ConfigError(f"no bundled reference '{name}' (known: {', '.join(known) or 'none'})")
+    return path
 
 
 def compare(run: pd.DataFrame, baseline: pd.DataFrame, tol: float, metrics: list[str] | None = None) -> CheckResult:
@@ -111,7 +129,7 @@ def check(run_dir: str | Path, against: str, tol: float, metrics: list[str] | No
 
 def update(run_dir: str | Path, baseline: str | Path) -> Path:
     """Write the run's tidy numbers as the new CSV baseline (atomically)."""
-    path = Path(baseline)
+    path = resolve_baseline(baseline)
     if path.is_dir() or str(baseline) == "paper":
         raise ConfigError("--update rewrites a CSV baseline; pass --against PATH.csv")
     frame = tidy(load_cells([run_dir]))
@@ -153,7 +171,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     parser = sub.add_parser("check", help="regression check of a run's numbers against a baseline within a tolerance")
     parser.add_argument("run_dir")
-    parser.add_argument("--against", required=True, help="a run directory, a tidy CSV, or 'paper'")
+    parser.add_argument("--against", required=True, help="a run directory, a tidy CSV, 'paper', or 'reference:NAME' (a bundled results/reference/NAME.csv)")
     parser.add_argument("--tol", type=float, default=0.0, help="tolerance in percentage points (default 0)")
     parser.add_argument(
         "--metrics",

@@ -61,25 +61,65 @@ def _roles(entry) -> set[str]:
     return {role} if role else set()
 
 
+_STATE_WORDS = {"missing": "MISSING", "incomplete": "INCOMPLETE", "checksum mismatch": "CHECKSUM MISMATCH"}
+
+
 def cmd_data(args) -> int:
     from tabulate import tabulate
 
-    from oodbench.data import dataset_status
+    from oodbench.data import default_root
+    from oodbench.data.download import data_status, download
+    from oodbench.data.sources import downloadable_names
 
-    rows = dataset_status(args.data_root)
+    root = Path(args.data_root).expanduser() if args.data_root else default_root()
+    show = not args.no_progress
+    if args.download:
+        names = _csv(args.download)
+        download(downloadable_names() if names == ["all"] else names, root, show=show)
+        print()
+    rows = data_status(root, verify=args.verify, show=show)
     print(
         tabulate(
-            [[r["name"], r["role"], "yes" if r["present"] else "MISSING", r["path"]] for r in rows],
-            headers=["data set", "role", "present", "path"],
+            [[r["name"], r["role"], _STATE_WORDS.get(r["state"], r["state"]), r["path"]] for r in rows],
+            headers=["data set", "role", "state", "path"],
             tablefmt="simple",
         )
     )
-    missing = [r for r in rows if not r["present"]]
+    checked = [r for r in rows if r["state"] != "built-in" and r["state"] != "missing" and r["detail"]]
+    if checked:
+        print("\nChecks:")
+        for r in checked:
+            print(f"  {r['name']} ({r['role']}): {_STATE_WORDS.get(r['state'], r['state'])}: {r['detail']}")
+    missing = {r["name"]: r for r in rows if r["state"] not in ("present", "built-in")}  # once per set
     if missing:
-        print("\nHow to obtain the missing sets (expected layout under the data root):")
-        for r in missing:
-            print(f"\n{r['name']} ({r['role']}):\n  layout: {r['layout']}\n  obtain: {r['obtain']}")
-    return 0
+        print("\nHow to obtain the sets that are not complete (expected layout under the data root):")
+        for r in missing.values():
+            print(f"\n{r['name']}:\n  layout: {r['layout']}\n  source: {r['obtain']}")
+            if r["download"]:
+                print(f"  download: oodbench data --download {r['name']} --data-root {root}")
+                print(f"  verified by: {r['verification']}")
+            elif r["unavailable"]:
+                print(f"  no download: {r['unavailable']}")
+    bad = [r for r in rows if r["state"] in ("incomplete", "checksum mismatch")]
+    return 1 if args.verify and bad else 0
+
+
+def _data_help() -> str:
+    """The epilog of `oodbench data --help`: for every set of the paper, how it is obtained and verified."""
+    from oodbench.data.sources import SOURCES
+
+    lines = ["data sets of the paper (how each is obtained; how it is verified):", ""]
+    for source in SOURCES.values():
+        how = "--download " + source.name if source.downloadable else "no download: " + source.unavailable
+        lines += [f"  {source.name}: {how}", f"      {source.verification}", f"      from {source.home}"]
+    lines += [
+        "",
+        "Downloads resume after an interruption (rerun the same command), are checked against the published",
+        "checksum, then extracted and moved into place whole; sets already present are never downloaded again.",
+        "State: present / MISSING / INCOMPLETE / CHECKSUM MISMATCH; --verify recomputes every checksum (and",
+        "exits with status 1 when a set fails).",
+    ]
+    return "\n".join(lines)
 
 
 def cmd_run(args) -> int:
@@ -87,6 +127,18 @@ def cmd_run(args) -> int:
     from oodbench.runner import run
 
     options = run_options(args)
+    if options.download:  # every file the run reads, fetched and verified before any compute
+        from oodbench.data.download import download_for_run
+
+        download_for_run(
+            options.in_dist,
+            options.ood,
+            options.aux,
+            options.methods,
+            options.data_root,
+            show=options.progress,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
     if args.launcher != "local" or args.gpus:
         from oodbench.launch import launch
 
@@ -140,9 +192,30 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_list
     )
 
-    data = sub.add_parser("data", help="which data sets are present, their layout and how to obtain them")
-    data.add_argument("--data-root", default=None)
+    data = sub.add_parser(
+        "data",
+        help="which data sets are present, their layout and how to obtain them; --download fetches them",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    data.add_argument(
+        "--data-root", default=None, help="folder holding the data sets (default: $OODBENCH_DATA or ./data)"
+    )
+    data.add_argument(
+        "--download",
+        default=None,
+        metavar="NAME[,NAME]",
+        help="download, verify and install these sets (or 'all' that have a public download), then show the state",
+    )
+    data.add_argument("--verify", action="store_true", help="recompute the checksums of every set that is present")
+    data.add_argument("--no-progress", action="store_true", help="no progress bars")
     data.set_defaults(func=cmd_data)
+    _plain_format_help = data.format_help
+
+    def _format_data_help() -> str:  # the epilog reads the source registry, so only `data --help` imports it
+        data.epilog = _data_help()
+        return _plain_format_help()
+
+    data.format_help = _format_data_help
 
     run = sub.add_parser("run", help="train what is missing and evaluate a grid of cells")
     add_run_arguments(run)

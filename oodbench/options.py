@@ -105,7 +105,12 @@ class RunOptions:
     data_root: str | None = option(help="folder holding the data sets (see `oodbench data`)")
     out: str | None = option(help="run directory (default: oodbench-runs/<in>-<protocol>-<profile>-seed<S>)")
     device: str = option("auto", help="auto | cpu | cuda | cuda:N")
-    download: bool = option(False, action="store_true", help="download CIFAR/SVHN through torchvision if missing")
+    download: bool = option(
+        False,
+        action="store_true",
+        help="before any compute, download and verify every data set the run reads that is missing "
+        "(see `oodbench data --help`)",
+    )
     overrides: dict[str, dict[str, str]] = option(
         None,
         "--set",

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from oodbench.errors import ConfigError
+from oodbench.resources import bundled
 
 ENV_VAR = "OODBENCH_PAPER_DIR"
 COLUMNS = [
@@ -50,15 +51,16 @@ TABLES = (1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)
 
 
 def paper_dir() -> Path:
-    """The folder holding the paper's CSVs: $OODBENCH_PAPER_DIR, else `results/paper` beside the package."""
+    """The folder holding the paper's CSVs: $OODBENCH_PAPER_DIR, else `results/paper` of the source checkout or
+    of the installed package (`oodbench.resources.bundled`)."""
     override = os.environ.get(ENV_VAR)
-    folder = Path(override) if override else Path(__file__).resolve().parents[1] / "results" / "paper"
-    if not (folder / "all.csv").is_file():
-        where = f"${ENV_VAR}={override}" if override else "the repository's results/paper folder"
+    folder = Path(override) if override else bundled("paper")
+    if folder is None or not (folder / "all.csv").is_file():
+        where = f"${ENV_VAR}={override}" if override else "results/paper (source checkout or installed package)"
         raise ConfigError(
-            f"the paper's reference numbers are missing: no all.csv in {folder} ({where}). "
-            f"Run from a source checkout of oodbench (results/ sits beside oodbench/), or set {ENV_VAR} to a "
-            "folder containing all.csv (regenerate it with `python results/paper/transcribe.py`)."
+            f"the paper's reference numbers are missing: no all.csv in {folder or 'results/paper'} ({where}). Reinstall oodbench "
+            f"(`pip install .` carries them), or set {ENV_VAR} to a folder containing all.csv (regenerate it with "
+            "`python results/paper/transcribe.py`)."
         )
     return folder
 

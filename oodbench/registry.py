@@ -122,6 +122,19 @@ def default_threats() -> list[str]:
     return [entry.name for entry in THREATS.entries() if getattr(entry.obj, "default", False)]
 
 
+def resolve_methods(names: list[str]) -> list[str]:
+    """Detector names with `all` expanded (the paper's ten; ablations such as AT are named explicitly), each
+    checked (did-you-mean error), duplicates dropped."""
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            out += [e.name for e in DETECTORS.entries() if not e.meta.get("ablation")]
+        else:
+            DETECTORS.entry(name)
+            out.append(name)
+    return list(dict.fromkeys(out))
+
+
 register_detector = DETECTORS.register
 register_threat = THREATS.register
 register_dataset = DATASETS.register

@@ -35,7 +35,7 @@ from oodbench.locks import file_lock
 from oodbench.metrics import id_metrics, ood_metrics, threshold_at_tpr
 from oodbench.options import RunOptions
 from oodbench.provenance import config_hash
-from oodbench.registry import ARCHS, DETECTORS, THREATS, load_plugins, threat_order
+from oodbench.registry import ARCHS, DETECTORS, THREATS, load_plugins, resolve_methods, threat_order
 from oodbench.rundir import DEFAULT_RUNS, FINAL_CHECKPOINT, MINING_LOG, MINING_PLOT, RunDir, merge_run_json
 from oodbench.scoring import map_batches
 from oodbench.seeding import derive_seed, numpy_rng
@@ -100,19 +100,6 @@ class RunPlan:
 # ----------------------------------------------------------------------------------------------------
 # planning: every name, data set, checkpoint and option is checked here, before any compute
 # ----------------------------------------------------------------------------------------------------
-def resolve_methods(names: list[str]) -> list[str]:
-    """Expand `all` (the ten detectors of the paper; ablations such as AT are named explicitly)."""
-    load_plugins()
-    out: list[str] = []
-    for name in names:
-        if name == "all":
-            out += [e.name for e in DETECTORS.entries() if not e.meta.get("ablation")]
-        else:
-            DETECTORS.entry(name)
-            out.append(name)
-    return list(dict.fromkeys(out))
-
-
 def resolve_device(name: str) -> torch.device:
     """`auto`: the GPU when there is one; `cuda` without a GPU is an error, not a silent CPU run."""
     if name == "auto":

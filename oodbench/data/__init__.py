@@ -24,8 +24,8 @@ from oodbench.data.base import (
     ImageSet,
     InDistribution,
 )
+from oodbench.data.catalog import dataset_status, default_root
 from oodbench.data.datasets import (
-    default_root,
     load_folder_in,
     load_generic_aux,
     load_generic_ood,
@@ -99,27 +99,3 @@ def load_aux(name: str, root: Path | str | None = None) -> AuxPool:
     if generic is not None:
         return load_generic_aux(name, *generic)
     return dataset_spec(name, "aux").loaders["aux"](_root(root))
-
-
-def dataset_status(root: Path | str | None = None) -> list[dict]:
-    """One row per registered set and role: name, role, present (its files exist; content is checked at load
-    time), path, layout, obtain, builtin, size (images of the full set)."""
-    base = _root(root)
-    rows = []
-    for entry in DATASETS.entries():
-        spec: DatasetSpec = entry.obj
-        for role in spec.roles:
-            rel = spec.paths.get(role, ())
-            rows.append(
-                {
-                    "name": spec.name,
-                    "role": role,
-                    "present": spec.builtin or (bool(rel) and all((base / r).exists() for r in rel)),
-                    "path": "(built-in)" if spec.builtin else str(base / rel[0]) if rel else str(base),
-                    "layout": spec.layout,
-                    "obtain": spec.obtain,
-                    "builtin": spec.builtin,
-                    "size": spec.sizes.get(role),
-                }
-            )
-    return rows

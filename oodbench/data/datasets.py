@@ -22,7 +22,6 @@ to the working directory, not the data root.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +39,7 @@ from oodbench.data.base import (
     channel_stats,
     require,
 )
+from oodbench.data.catalog import CIFAR_OOD, PLACES365_LIST, SVHN_OOD, default_root  # noqa: F401
 from oodbench.data.formats import (
     CIFAR10_FOLDER,
     CIFAR10_LAYOUT,
@@ -51,8 +51,6 @@ from oodbench.data.formats import (
     TINYIMAGES_LAYOUT,
     TinyImagesPool,
     cifar_files,
-    download_cifar,
-    download_svhn,
     first_per_class,
     imagenet64_pool,
     npy_pool,
@@ -65,23 +63,31 @@ from oodbench.data.formats import (
 from oodbench.errors import DataError
 from oodbench.registry import register_dataset
 
-CIFAR_OOD = ("svhn", "textures", "places365", "lsun_c", "lsun_r", "isun")
-SVHN_OOD = ("cifar10", "textures", "places365", "lsun_c", "lsun_r", "isun")
 SVHN_TEST_PER_CLASS = 1000
-PLACES365_LIST = "places365_test_list.txt"
 
 _FOLDER_RULE = "Resize(32) on the shorter side + CenterCrop(32), RGB"
-_TORCHVISION = "downloaded by torchvision with --download (download=True)"
-
-
-def default_root() -> Path:
-    """The data root when none is given: `$OODBENCH_DATA`, else `./data`."""
-    return Path(os.environ.get("OODBENCH_DATA", "data")).expanduser()
+_DOWNLOAD = "`oodbench data --download NAME` or `oodbench run --download` fetch and verify it (download=True in Python)"
 
 
 def _register(spec: DatasetSpec, summary: str) -> DatasetSpec:
     register_dataset(spec.name, summary=summary)(spec)
     return spec
+
+
+# downloads when a loader is asked to fetch a missing set (`download=True`; oodbench.data.download)
+def download_cifar(root: Path, classes: int) -> None:
+    """Download, verify (md5 of the archive and of every batch file) and install the CIFAR folder into `root`
+    (oodbench.data.download)."""
+    from oodbench.data.download import download
+
+    download([f"cifar{classes}"], root, show=False, log=lambda message: None)
+
+
+def download_svhn(folder: Path, split: str) -> None:
+    """Download and verify (md5) the missing SVHN files into `folder` (= ROOT/svhn; oodbench.data.download)."""
+    from oodbench.data.download import download
+
+    download(["svhn"], folder.parent, show=False, log=lambda message: None)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -95,7 +101,7 @@ def _cifar_folder(root: Path, classes: int, splits: tuple[str, ...], download: b
         download_cifar(root, classes)
     layout = CIFAR10_LAYOUT if classes == 10 else CIFAR100_LAYOUT
     for f in files:  # every file before the first decode
-        require(f, f"CIFAR-{classes}", layout + f"\n(or pass download=True / --download: {_TORCHVISION})")
+        require(f, f"CIFAR-{classes}", layout + f"\nObtain: {_DOWNLOAD}")
     return folder
 
 
@@ -137,7 +143,7 @@ _register(
         "in",
         load_cifar10,
         CIFAR10_LAYOUT,
-        obtain="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, " + _TORCHVISION,
+        obtain="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
         loaders={"in": load_cifar10, "ood": load_cifar10_ood},
         paths={"in": (CIFAR10_FOLDER,), "ood": (f"{CIFAR10_FOLDER}/test_batch",)},
         sizes={"in": 60000, "ood": 10000},
@@ -150,7 +156,7 @@ _register(
         "in",
         load_cifar100,
         CIFAR100_LAYOUT,
-        obtain="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz, " + _TORCHVISION,
+        obtain="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
         paths={"in": (CIFAR100_FOLDER,)},
         sizes={"in": 60000},
     ),
@@ -166,7 +172,7 @@ def _svhn_file(root: Path, split: str, download: bool) -> Path:
     path = root / "svhn" / f"{split}_32x32.mat"
     if download and not path.exists():
         download_svhn(path.parent, split)
-    return require(path, "SVHN", SVHN_LAYOUT + f"\n(or pass download=True / --download: {_TORCHVISION})")
+    return require(path, "SVHN", SVHN_LAYOUT + f"\nObtain: {_DOWNLOAD}")
 
 
 def _svhn_test(path: Path, name: str) -> ImageSet:
@@ -206,7 +212,7 @@ _register(
         "in",
         load_svhn,
         SVHN_LAYOUT,
-        obtain="http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat), " + _TORCHVISION,
+        obtain="http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat)",
         loaders={"in": load_svhn, "ood": load_svhn_ood},
         paths={"in": ("svhn/train_32x32.mat", "svhn/test_32x32.mat"), "ood": ("svhn/test_32x32.mat",)},
         sizes={"in": 83257, "ood": 10000},
@@ -221,6 +227,10 @@ _register(
 
 def _folder_ood(name: str, rel: str, layout: str, obtain: str, size: int, summary: str, file_list: str = "") -> None:
     def load(root: Path, download: bool = False) -> ImageSet:
+        if download and not (root / rel).exists():
+            from oodbench.data.download import download as fetch_sets
+
+            fetch_sets([name], root, show=False, log=lambda message: None)
         folder = require(root / rel, name, layout + f"\nObtain: {obtain}")
         listed = folder / file_list if file_list and (folder / file_list).is_file() else None
         return read_image_folder(folder, layout, what=name, file_list=listed)

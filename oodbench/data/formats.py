@@ -192,15 +192,6 @@ def read_cifar(folder: Path | str, classes: int, split: str, name: str = "") -> 
     )
 
 
-def download_cifar(root: Path, classes: int) -> None:
-    """Download and extract the CIFAR archive into `root` through torchvision (md5-checked)."""
-    from torchvision.datasets import CIFAR10, CIFAR100
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    cls = CIFAR10 if classes == 10 else CIFAR100
-    download_and_extract_archive(cls.url, str(root), filename=cls.filename, md5=cls.tgz_md5)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # SVHN (.mat)
 
@@ -243,15 +234,6 @@ def first_per_class(labels: np.ndarray | torch.Tensor, per_class: int) -> np.nda
     labels = np.asarray(labels)
     keep = [np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]
     return np.sort(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
-
-
-def download_svhn(folder: Path, split: str) -> None:
-    """Download `{split}_32x32.mat` into `folder` through torchvision (md5-checked)."""
-    from torchvision.datasets import SVHN
-    from torchvision.datasets.utils import download_url
-
-    url, filename, md5 = SVHN.split_list[split]
-    download_url(url, str(folder), filename, md5)
 
 
 # --------------------------------------------------------------------------------------------------------------
