@@ -79,12 +79,17 @@ def test_scores_and_objectives_have_the_contract_shapes(name, tiny):
     scores, predictions = detector.score_and_predict(model, x)
     assert torch.equal(scores, detector.score(model, x))
     assert predictions.shape == (BATCH,) and int(predictions.max()) < model(x).shape[1]
+    gradient_mass = {}
     for method in ("attack_objective", "adaptive_objective", "margin_objective"):
         z = x.clone().requires_grad_(True)
         objective = getattr(detector, method)(model, z)
         assert objective.shape == (BATCH,), method
-        (grad,) = torch.autograd.grad(objective.sum(), z)
-        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, f"{method} is not differentiable in x"
+        (grad,) = torch.autograd.grad(objective.sum(), z)  # raises if the objective is cut off from x
+        assert torch.isfinite(grad).all(), method
+        gradient_mass[method] = float(grad.abs().sum())
+    # a paper objective may saturate on an untrained network (CCU's eq. 68 through its mixtures), but the
+    # white-box attacks must have at least one objective with a gradient to follow
+    assert max(gradient_mass.values()) > 0, gradient_mass
 
 
 @pytest.mark.parametrize("name", DETECTORS.names())
