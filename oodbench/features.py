@@ -62,6 +62,9 @@ def penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
 
     The features keep the autograd graph of the caller's mode (under `torch.no_grad` they have none), so
     `head(f(features))` is differentiable in `x`. A `FeatureError` when the head does not produce the output."""
+    # a torch.compile'd model (--compile) runs uncompiled here: its compiled graph would not see a hook added
+    # after compilation (dynamo skips hook guards by default)
+    model = getattr(model, "_orig_mod", model)
     name, head = find_head(model)
     with _capture(head) as seen:
         logits = model(x)

@@ -275,3 +275,21 @@ def test_posthoc_run_end_to_end(tmp_path, capsys, monkeypatch):
     table = capsys.readouterr().out
     for name in POSTHOC:
         assert f"| {name} " in table
+    rows = [line for line in table.splitlines() if line.startswith("| digits")]
+    assert len(rows) == 7 * 2 * 2  # detectors x threats x (FPR, AUROC), each without a reported value
+    assert all("| -  " in row or "| - " in row for row in rows)
+
+
+def test_vs_paper_shows_posthoc_detectors_without_a_reported_value(tmp_path, capsys):
+    from tests.test_check import fake_run
+
+    values = {(m, "svhn", "natural"): (40.0, 90.0) for m in ("msp", "energy", "vim")}
+    run = fake_run(tmp_path / "run", values, in_dist="cifar10", arch="densenet100", protocol="atom-code")
+    assert main(["table", str(run), "--vs-paper"]) == 0
+    rows = {
+        line.split("|")[2].strip() + line.split("|")[4].strip(): line
+        for line in capsys.readouterr().out.splitlines()[2:]
+    }
+    assert "50.54" in rows["mspFPR"]  # the paper's value (Table 1) next to the measured one
+    for name in ("energy", "vim"):
+        assert "not in the paper" in rows[f"{name}FPR"] and "| -" in rows[f"{name}FPR"]
