@@ -52,7 +52,7 @@ class KNN(FeatureDetector):
         return self.bank is not None
 
     def fitted_state(self):
-        return {"bank": self.bank, "n_train": self.n_train}
+        return {"bank": self.bank.cpu(), "n_train": self.n_train}
 
     def load_fitted_state(self, state):
         self.bank = state["bank"].float()
@@ -63,7 +63,9 @@ class KNN(FeatureDetector):
 
     def score_features(self, logits, features, head):
         query = F.normalize(features.float(), dim=1)
-        bank = self.bank.to(query.device)
+        if self.bank.device != query.device:  # move once, not per batch: the bank is up to N x D x 4 bytes
+            self.bank = self.bank.to(query.device)
+        bank = self.bank
         # |q - b|^2 = 2 - 2 q.b for unit vectors; clamped so that sqrt's gradient stays finite
         squared = (2.0 - 2.0 * query @ bank.T).clamp(min=1e-12)
         kth = squared.topk(self.config.k, dim=1, largest=False).values[:, -1]

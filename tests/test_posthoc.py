@@ -81,6 +81,13 @@ def test_posthoc_group_is_registered_outside_all():
         assert DETECTORS.get(name).recipe == "vanilla"  # all share the vanilla checkpoint: nothing new is trained
 
 
+def test_list_shows_the_posthoc_group(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in POSTHOC:
+        assert f"  {name:<16s} [posthoc] " in out
+
+
 # ----- logit scores against their formulas ---------------------------------------------------------------------
 LOGITS = np.array([[2.0, -1.0, 0.5], [10.0, 9.5, -3.0], [-0.2, -0.1, 0.0], [40.0, -40.0, 1.0]], dtype=np.float32)
 
