@@ -50,7 +50,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         type=_csv,
         default=["all"],
-        help="comma-separated detectors, or 'all' (the paper's ten); see `oodbench list`",
+        help="comma-separated detectors, 'all' (the paper's ten), 'posthoc' (seven beyond the paper); `oodbench list`",
     )
     parser.add_argument(
         "--in",
@@ -200,7 +200,12 @@ def cmd_list(args) -> int:
             print(f"  {entry.name:<16s} {extra(entry)}{entry.summary}")
         print()
 
-    section("detectors", DETECTORS.entries(), lambda e: "[ablation] " if e.meta.get("ablation") else "")
+    def tag(entry) -> str:
+        if entry.meta.get("ablation"):
+            return "[ablation] "
+        return f"[{entry.meta['group']}] " if entry.meta.get("group") else ""
+
+    section("detectors", DETECTORS.entries(), tag)
     section("threat models", THREATS.entries())
     section("data sets", DATASETS.entries(), lambda e: f"[{','.join(sorted(_roles(e)))}] ")
     section("architectures", ARCHS.entries())

@@ -139,12 +139,15 @@ class RunPlan:
 # planning: every name, data set, checkpoint and option is checked here, before any compute
 # ----------------------------------------------------------------------------------------------------
 def resolve_methods(names: list[str]) -> list[str]:
-    """Expand `all` (the ten detectors of the paper; ablations such as AT are named explicitly)."""
+    """Expand `all` (the ten detectors of the paper; ablations such as AT and the detectors beyond the paper are
+    named explicitly) and `posthoc` (the post-hoc detectors beyond the paper, SPEC section 4)."""
     load_plugins()
     out: list[str] = []
     for name in names:
         if name == "all":
-            out += [e.name for e in DETECTORS.entries() if not e.meta.get("ablation")]
+            out += [e.name for e in DETECTORS.entries() if not e.meta.get("ablation") and not e.meta.get("group")]
+        elif name == "posthoc":
+            out += [e.name for e in DETECTORS.entries() if e.meta.get("group") == "posthoc"]
         else:
             DETECTORS.entry(name)
             out.append(name)
