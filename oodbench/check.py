@@ -171,7 +171,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     parser = sub.add_parser("check", help="regression check of a run's numbers against a baseline within a tolerance")
     parser.add_argument("run_dir")
-    parser.add_argument("--against", required=True, help="a run directory, a tidy CSV, 'paper', or 'reference:NAME' (a bundled results/reference/NAME.csv)")
+    parser.add_argument(
+        "--against",
+        required=True,
+        help="a run directory, a tidy CSV, 'paper', or 'reference:NAME' (a bundled results/reference/NAME.csv)",
+    )
     parser.add_argument("--tol", type=float, default=0.0, help="tolerance in percentage points (default 0)")
     parser.add_argument(
         "--metrics",

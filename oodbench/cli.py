@@ -43,7 +43,12 @@ def cmd_list(args) -> int:
             print(f"  {entry.name:<16s} {extra(entry)}{entry.summary}")
         print()
 
-    section("detectors", DETECTORS.entries(), lambda e: "[ablation] " if e.meta.get("ablation") else "")
+    def tag(entry) -> str:
+        if entry.meta.get("ablation"):
+            return "[ablation] "
+        return f"[{entry.meta['group']}] " if entry.meta.get("group") else ""
+
+    section("detectors", DETECTORS.entries(), tag)
     section("threat models", THREATS.entries())
     section("data sets", DATASETS.entries(), lambda e: f"[{','.join(sorted(_roles(e)))}] ")
     section("architectures", ARCHS.entries())

@@ -23,3 +23,11 @@ class CheckpointError(OodbenchError):
 
 class ScoreError(OodbenchError):
     """A detector produced non-finite scores; no metric is computed from them."""
+
+
+class FeatureError(OodbenchError):
+    """A model whose penultimate features cannot be found (no final nn.Linear classifier head)."""
+
+
+class NotFittedError(OodbenchError):
+    """A post-hoc detector asked to score before it was fitted (or its fitted state loaded)."""

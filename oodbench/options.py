@@ -86,7 +86,7 @@ class RunOptions:
         type=parse_csv,
         cli_default=["all"],
         factory=lambda: ["msp"],
-        help="comma-separated detectors, or 'all' (the paper's ten); see `oodbench list`",
+        help="comma-separated detectors, 'all' (the paper's ten), 'posthoc' (seven beyond the paper); `oodbench list`",
     )
     in_dist: str = option("digits", "--in", help="in-distribution data set (default: the built-in 'digits' benchmark)")
     ood: list[str] | None = option(type=parse_csv, help="OOD test sets (default: the in-dist set's six)")

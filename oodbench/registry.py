@@ -123,12 +123,16 @@ def default_threats() -> list[str]:
 
 
 def resolve_methods(names: list[str]) -> list[str]:
-    """Detector names with `all` expanded (the paper's ten; ablations such as AT are named explicitly), each
-    checked (did-you-mean error), duplicates dropped."""
+    """Detector names with `all` expanded (the paper's ten; ablations such as AT and the detectors of a group
+    beyond the paper are named explicitly) and a group's name (e.g. `posthoc`, SPEC section 4) expanded to its
+    members, each checked (did-you-mean error), duplicates dropped."""
     out: list[str] = []
+    groups = {e.meta["group"] for e in DETECTORS.entries() if e.meta.get("group")}
     for name in names:
         if name == "all":
-            out += [e.name for e in DETECTORS.entries() if not e.meta.get("ablation")]
+            out += [e.name for e in DETECTORS.entries() if not e.meta.get("ablation") and not e.meta.get("group")]
+        elif name in groups:
+            out += [e.name for e in DETECTORS.entries() if e.meta.get("group") == name]
         else:
             DETECTORS.entry(name)
             out.append(name)

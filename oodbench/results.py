@@ -274,6 +274,8 @@ def vs_paper(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "auroc"
             note = "no paper reference for this setting"
         elif protocol != "atom-code" and (_published_with_code_settings(r["threat"]) or _score_differs(base_method)):
             note = PROTOCOL_DIFFERS
+        elif reported is None and not (paper["method"] == base_method).any():
+            note = "not in the paper"  # a detector beyond the paper (e.g. the post-hoc group): measured only
         rows.append(
             [
                 r["in_dist"],

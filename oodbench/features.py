@@ -1,0 +1,154 @@
+"""Penultimate features of any `nn.Module` with a final linear head, captured by a forward hook (DESIGN "Bring
+your own model": feature-based detectors never require a model method).
+
+The post-hoc detectors beyond the paper (SPEC section 4: KNN, ViM, ReAct, ASH) score the input of the network's
+final `nn.Linear`, the penultimate feature vector h(x), and some re-apply the head to modified features
+(ReAct's clipped, ASH's pruned activations): `head(h')` gives their logits. The head is found, not named: the
+last `nn.Linear` registered in the module tree, checked to produce the model's output on every forward pass
+(so a linear layer that is not the classifier is never silently taken for it).
+
+`FeatureDetector` is the detector base for scores that are a function of (logits, features, head); its deployed
+score and its attack objective are one function, with and without the autograd graph, so a white-box attack on
+it is adaptive (it attacks exactly what is deployed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from oodbench.detector import Detector
+from oodbench.errors import FeatureError, NotFittedError
+
+if TYPE_CHECKING:
+    from oodbench.detector import FitData
+
+
+def find_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """(qualified name, module) of the model's final linear classifier: the last `nn.Linear` in registration
+    order (DenseNet/WRN/small_cnn `fc`, ResNet `linear`, timm's classifier inside its wrapper)."""
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not found:
+        raise FeatureError(
+            f"{type(model).__name__} has no nn.Linear layer: the feature-based detectors (KNN, ViM, ReAct, ASH) "
+            "score the input of the model's final linear classifier; use a model whose logits come from an "
+            "nn.Linear head, or a logit-based detector (msp, energy, maxlogit, gen)"
+        )
+    return found[-1]
+
+
+@contextmanager
+def _capture(head: nn.Linear) -> Iterator[dict]:
+    """Record the head's input and output of the next forward pass (hook removed on exit)."""
+    seen: dict = {}
+
+    def hook(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        seen["features"], seen["logits"] = inputs[0], output
+
+    handle = head.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
+    """(logits [B, C], penultimate features [B, D], head) of one forward pass of `model` on `x`.
+
+    The features keep the autograd graph of the caller's mode (under `torch.no_grad` they have none), so
+    `head(f(features))` is differentiable in `x`. A `FeatureError` when the head does not produce the output."""
+    # a torch.compile'd model (--compile) runs uncompiled here: its compiled graph would not see a hook added
+    # after compilation (dynamo skips hook guards by default)
+    model = getattr(model, "_orig_mod", model)
+    name, head = find_head(model)
+    with _capture(head) as seen:
+        logits = model(x)
+    if "features" not in seen:
+        raise FeatureError(f"the last nn.Linear of {type(model).__name__} ('{name}') was not called in its forward")
+    features = seen["features"]
+    if seen["logits"] is not logits and (
+        seen["logits"].shape != logits.shape or not torch.equal(seen["logits"], logits)
+    ):
+        raise FeatureError(
+            f"the last nn.Linear of {type(model).__name__} ('{name}') does not produce the model's output, so it is "
+            "not the classifier head the feature-based detectors need (its input would not be the penultimate "
+            "feature); register the classifier as the model's last nn.Linear"
+        )
+    if features.ndim != 2:
+        raise FeatureError(
+            f"the head '{name}' of {type(model).__name__} takes {features.ndim}-d input {tuple(features.shape)}; "
+            "the feature-based detectors need [B, D] pooled features"
+        )
+    return logits, features, head
+
+
+def training_features(
+    model: nn.Module, data: FitData, max_images: int | None, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(features [N, D], logits [N, C]) float32 on the CPU of the in-dist training images (no augmentation), and
+    the size of the training set. At most `max_images` (a fixed random subset, the same for every detector of a
+    run) keeps memory bounded: N x D x 4 bytes."""
+    images = data.train.images
+    total = len(images)
+    index = None
+    if max_images is not None and total > max_images:
+        rng = np.random.default_rng(seed)
+        index = torch.as_tensor(np.sort(rng.permutation(total)[:max_images]), dtype=torch.long)
+    count = total if index is None else len(index)
+    feats, logits = [], []
+    with torch.no_grad():
+        for start in range(0, count, data.batch_size):
+            batch = (
+                images[start : start + data.batch_size]
+                if index is None
+                else images[index[start : start + data.batch_size]]
+            )
+            z, f, _ = penultimate(model, batch.to(data.device).float() / 255.0)
+            feats.append(f.float().cpu())
+            logits.append(z.float().cpu())
+    return torch.cat(feats), torch.cat(logits), total
+
+
+class FeatureDetector(Detector):
+    """A post-hoc detector on the vanilla network whose score is `score_features(logits, features, head)`.
+
+    Subclasses implement `score_features` (differentiable almost everywhere) and, where they fit something,
+    `fit` and `is_fitted`; the deployed `score` and the `attack_objective` are the same function, so the paper's
+    L-inf attack on it is adaptive. Class predictions are the unmodified network's (argmax of its logits)."""
+
+    recipe = "vanilla"
+
+    def score_features(self, logits: torch.Tensor, features: torch.Tensor, head: nn.Linear) -> torch.Tensor:
+        """[B] score, higher = more in-distribution."""
+        raise NotImplementedError(f"{self.name}: implement score_features")
+
+    def is_fitted(self) -> bool:
+        """Whether `fit` (or `load_fitted_state`) has run; detectors that fit nothing are always fitted."""
+        return True
+
+    def _scores_and_logits(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_fitted():
+            raise NotFittedError(
+                f"{self.name} scores with statistics of the training features: call fit(model, data) or "
+                "load_fitted_state(state) before scoring"
+            )
+        logits, features, head = penultimate(model, x)
+        return self.score_features(logits, features, head).float(), logits
+
+    def score(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._scores_and_logits(model, x)[0]
+
+    def score_and_predict(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            scores, logits = self._scores_and_logits(model, x)
+            return scores, self.predict_logits(logits)
+
+    def attack_objective(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The deployed score itself, with its graph (an adaptive white-box objective)."""
+        return self._scores_and_logits(model, x)[0]
