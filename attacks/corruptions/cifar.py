@@ -38,7 +38,7 @@ Rng = np.random.Generator | np.random.RandomState
 IMG_SIZE = 32  # the reference hard-codes CIFAR's 32x32 (loops, crops, elastic scale, plasma map size)
 
 # Bump when any algorithm or parameter changes: it is part of the variant cache's content key.
-CORRUPTION_VERSION = 1
+CORRUPTION_VERSION = 2  # 2: motion blur radii of the released code (cached variants regenerate)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parameter tables (make_cifar_c.py, CIFAR-10-C), index = severity - 1.
