@@ -26,6 +26,7 @@ class Protocol:
     odin_magnitude: str = "tuned"  # "tuned" on the grid | "published" (the paper's values)
     ccu_score: str = "dr"  # "dr": doubly robust confidence | "base_msp": the code's base-network MSP
     densenet_init: str = "standard"  # "standard" | "atom-code" (every conv std sqrt(2/16))
+    rowl_train_attack: str = "pgd"  # "pgd": targeted PGD | "released": the clean image (the code's best-point bug)
     adaptive: bool = False  # strong: APGD + restarts + deployed-score objectives, worst case per sample
     tune_split: str = "test"  # "test": the paper's 1,000 in-dist test images | "heldout": training images
 
@@ -42,6 +43,7 @@ PROTOCOLS = {
         odin_magnitude="published",
         ccu_score="base_msp",
         densenet_init="atom-code",
+        rowl_train_attack="released",
     ),
     "strong": Protocol("strong", adaptive=True),
 }
