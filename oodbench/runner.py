@@ -301,6 +301,8 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
                 "init": init_hash,
                 "lr": options.lr,
                 "version": 1,
+                # a detector whose training changed bumps its own `training_version`: the other keys stay valid
+                **({"training_version": cls.training_version} if cls.training_version != 1 else {}),
             }
         )
         checkpoint = Path(options.checkpoints[name]) if name in options.checkpoints else None
