@@ -25,6 +25,7 @@ class Protocol:
     corruption_suite: str = "cifar-c-15"  # 75 variants (paper) | "cifar-c-19": 95 (atom-code)
     odin_magnitude: str = "tuned"  # "tuned" on the grid | "published" (the paper's values)
     ccu_score: str = "dr"  # "dr": doubly robust confidence | "base_msp": the code's base-network MSP
+    mahalanobis_regression: str = "converged"  # "converged": max_iter 1000 | "released": sklearn defaults, float32
     ccu_out_fit: str = "uniform"  # CCU's out-mixture data: "uniform" pool draw | "first": aux indices 0..20,049
     densenet_init: str = "standard"  # "standard" | "atom-code" (every conv std sqrt(2/16))
     rowl_train_attack: str = "pgd"  # "pgd": targeted PGD | "released": the clean image (the code's best-point bug)
@@ -44,6 +45,7 @@ PROTOCOLS = {
         odin_magnitude="published",
         ccu_score="base_msp",
         ccu_out_fit="first",
+        mahalanobis_regression="released",
         densenet_init="atom-code",
         rowl_train_attack="released",
     ),
