@@ -15,7 +15,6 @@ from oodbench.detector import Detector, Stage
 from oodbench.errors import ConfigError
 from oodbench.registry import register_detector
 
-
 TRAIN_ATTACKS = ("pgd", "released")
 
 

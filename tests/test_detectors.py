@@ -505,6 +505,19 @@ def test_rowl_training_attack_moves_points_under_paper_not_under_atom_code():
         ROWL(K, ROWL.Config(train_attack="clean"))
 
 
+def test_atom_q_is_zero_with_imagenet_rc_unless_set():
+    """Table 8 (SPEC section 5): ATOM mines with q = 0 when ImageNet-RC is the auxiliary set (issue 12, point 5)."""
+    from types import SimpleNamespace
+
+    def ctx(aux_name):
+        return SimpleNamespace(in_dist=SimpleNamespace(default_q=0.125), aux=SimpleNamespace(name=aux_name))
+
+    assert ATOM.make_config(ctx("imagenet_rc")).q == 0.0
+    assert ATOM.make_config(ctx("tinyimages")).q == 0.125
+    assert ATOM.make_config(ctx("imagenet_rc"), {"q": "0.25"}).q == 0.25  # --set atom.q=0.25 wins
+    assert NTOM.make_config(ctx("imagenet_rc")).q == 0.125  # Table 8 retrains ATOM, not NTOM
+
+
 def test_rowl_loss_equals_formula_with_a_null_attack():
     model, (x, y) = Linear(K + 1), batch()
     x = _grid(x)
