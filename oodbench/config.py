@@ -118,6 +118,35 @@ PROFILES = {
 }
 
 
+#: what each switch changes, for `oodbench table --show protocol` and `oodbench list` (SPEC sections 3-6)
+SWITCH_MEANINGS = {
+    "aux_sampling": "auxiliary stream per epoch (SPEC 3)",
+    "corruption_suite": "corruption types of the corruption attack (SPEC 6)",
+    "odin_magnitude": "ODIN's preprocessing magnitude (SPEC 4)",
+    "ccu_score": "what CCU scores (SPEC 4)",
+    "ccu_out_fit": "auxiliary images CCU's out-mixture is fitted on (SPEC 4)",
+    "mahalanobis_regression": "Mahalanobis' LogisticRegressionCV settings (SPEC 4)",
+    "densenet_init": "DenseNet conv init: standard He | atom-code N(0, 2/16), the released scoping quirk (SPEC 3)",
+    "rowl_train_attack": "ROWL's training attack: pgd | released (clean images, the released bug) (SPEC 4)",
+    "adaptive": "strong attacks: APGD, restarts, deployed-score objectives (SPEC 6)",
+    "tune_split": "tuning images of ODIN and Mahalanobis (SPEC 4)",
+}
+
+
+def protocol_lines(switches: dict) -> list[str]:
+    """One line per protocol switch of a run's recorded protocol: value, meaning, and the `paper` value where
+    it differs (so e.g. the DenseNet init quirk of `atom-code` is named, not hidden in a dict)."""
+    paper = dataclasses.asdict(PROTOCOLS["paper"])
+    lines = [f"protocol.name = {switches.get('name')}"]
+    for key, value in switches.items():
+        if key == "name":
+            continue
+        differs = f"  [paper: {paper[key]}]" if key in paper and paper[key] != value else ""
+        meaning = f"  # {SWITCH_MEANINGS[key]}" if key in SWITCH_MEANINGS else ""
+        lines.append(f"protocol.{key} = {value}{differs}{meaning}")
+    return lines
+
+
 def get_protocol(name: str) -> Protocol:
     """The named protocol preset, or a did-you-mean error."""
     if name not in PROTOCOLS:
