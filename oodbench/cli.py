@@ -191,6 +191,8 @@ def default_threats() -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------
 def cmd_list(args) -> int:
+    import dataclasses
+
     from oodbench.config import PROFILES, PROTOCOLS
     from oodbench.registry import ARCHS, DATASETS, DETECTORS, THREATS
 
@@ -209,7 +211,11 @@ def cmd_list(args) -> int:
     section("threat models", THREATS.entries())
     section("data sets", DATASETS.entries(), lambda e: f"[{','.join(sorted(_roles(e)))}] ")
     section("architectures", ARCHS.entries())
-    print("protocols: " + ", ".join(PROTOCOLS))
+    print("protocols (switches that differ from paper):")
+    paper = dataclasses.asdict(PROTOCOLS["paper"])
+    for name, protocol in PROTOCOLS.items():
+        changed = {k: v for k, v in dataclasses.asdict(protocol).items() if k != "name" and v != paper[k]}
+        print(f"  {name:<16s} {', '.join(f'{k}={v}' for k, v in changed.items()) or '(the paper as written)'}")
     print("profiles:  " + ", ".join(PROFILES))
     return 0
 

@@ -25,7 +25,10 @@ class Protocol:
     corruption_suite: str = "cifar-c-15"  # 75 variants (paper) | "cifar-c-19": 95 (atom-code)
     odin_magnitude: str = "tuned"  # "tuned" on the grid | "published" (the paper's values)
     ccu_score: str = "dr"  # "dr": doubly robust confidence | "base_msp": the code's base-network MSP
+    mahalanobis_regression: str = "converged"  # "converged": max_iter 1000 | "released": sklearn defaults, float32
+    ccu_out_fit: str = "uniform"  # CCU's out-mixture data: "uniform" pool draw | "first": aux indices 0..20,049
     densenet_init: str = "standard"  # "standard" | "atom-code" (every conv std sqrt(2/16))
+    rowl_train_attack: str = "pgd"  # "pgd": targeted PGD | "released": the clean image (the code's best-point bug)
     adaptive: bool = False  # strong: APGD + restarts + deployed-score objectives, worst case per sample
     tune_split: str = "test"  # "test": the paper's 1,000 in-dist test images | "heldout": training images
 
@@ -41,7 +44,10 @@ PROTOCOLS = {
         corruption_suite="cifar-c-19",
         odin_magnitude="published",
         ccu_score="base_msp",
+        ccu_out_fit="first",
+        mahalanobis_regression="released",
         densenet_init="atom-code",
+        rowl_train_attack="released",
     ),
     "strong": Protocol("strong", adaptive=True),
 }
@@ -110,6 +116,35 @@ PROFILES = {
         apgd_restarts=1,
     ),
 }
+
+
+#: what each switch changes, for `oodbench table --show protocol` and `oodbench list` (SPEC sections 3-6)
+SWITCH_MEANINGS = {
+    "aux_sampling": "auxiliary stream per epoch (SPEC 3)",
+    "corruption_suite": "corruption types of the corruption attack (SPEC 6)",
+    "odin_magnitude": "ODIN's preprocessing magnitude (SPEC 4)",
+    "ccu_score": "what CCU scores (SPEC 4)",
+    "ccu_out_fit": "auxiliary images CCU's out-mixture is fitted on (SPEC 4)",
+    "mahalanobis_regression": "Mahalanobis' LogisticRegressionCV settings (SPEC 4)",
+    "densenet_init": "DenseNet conv init: standard He | atom-code N(0, 2/16), the released scoping quirk (SPEC 3)",
+    "rowl_train_attack": "ROWL's training attack: pgd | released (clean images, the released bug) (SPEC 4)",
+    "adaptive": "strong attacks: APGD, restarts, deployed-score objectives (SPEC 6)",
+    "tune_split": "tuning images of ODIN and Mahalanobis (SPEC 4)",
+}
+
+
+def protocol_lines(switches: dict) -> list[str]:
+    """One line per protocol switch of a run's recorded protocol: value, meaning, and the `paper` value where
+    it differs (so e.g. the DenseNet init quirk of `atom-code` is named, not hidden in a dict)."""
+    paper = dataclasses.asdict(PROTOCOLS["paper"])
+    lines = [f"protocol.name = {switches.get('name')}"]
+    for key, value in switches.items():
+        if key == "name":
+            continue
+        differs = f"  [paper: {paper[key]}]" if key in paper and paper[key] != value else ""
+        meaning = f"  # {SWITCH_MEANINGS[key]}" if key in SWITCH_MEANINGS else ""
+        lines.append(f"protocol.{key} = {value}{differs}{meaning}")
+    return lines
 
 
 def get_protocol(name: str) -> Protocol:

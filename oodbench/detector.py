@@ -91,6 +91,8 @@ class Detector:
     fixed_threshold: ClassVar[float | None] = None
     #: hyper-parameters with the paper's defaults; `--set name.field=value` overrides them
     Config: ClassVar[type] = dataclass(type("Config", (), {}))
+    #: bumped when the training recipe changes, so that checkpoints trained by the old one are not reused
+    training_version: ClassVar[int] = 1
 
     def __init__(self, num_classes: int, config: Any = None):
         self.num_classes = num_classes

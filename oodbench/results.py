@@ -308,6 +308,11 @@ def show_provenance(run_dirs, keys: Iterable[str]) -> str:
             if key == "all":
                 out.append(json.dumps(record, indent=2, sort_keys=True))
                 continue
+            if key == "protocol" and isinstance(record.get("protocol"), dict):
+                from oodbench.config import protocol_lines
+
+                out.extend(protocol_lines(record["protocol"]))
+                continue
             value = record
             for part in key.split("."):
                 if not isinstance(value, dict) or part not in value:

@@ -304,16 +304,25 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
                 "init": init_hash,
                 "lr": options.lr,
                 "version": 1,
+                # a detector whose training changed bumps its own `training_version`: the other keys stay valid
+                **({"training_version": cls.training_version} if cls.training_version != 1 else {}),
             }
         )
         checkpoint = Path(options.checkpoints[name]) if name in options.checkpoints else None
         if checkpoint is not None:
             payload = load_checkpoint(checkpoint)  # CheckpointError now, not after an hour of other work
-            check_meta(
-                checkpoint,
-                payload["meta"],
-                {"recipe": recipe, "arch": arch, "num_classes": in_dist.num_classes, "head_size": detector.head_size},
-            )
+            # a released-code checkpoint has no metadata: its tensors are checked against the model when loaded
+            if not payload.get("released"):
+                check_meta(
+                    checkpoint,
+                    payload["meta"],
+                    {
+                        "recipe": recipe,
+                        "arch": arch,
+                        "num_classes": in_dist.num_classes,
+                        "head_size": detector.head_size,
+                    },
+                )
             train_key = "ckpt-" + file_sha256(checkpoint)[:16]
         fit_key = config_hash(
             {
@@ -625,7 +634,13 @@ def obtain_model(plan: RunPlan, method: MethodPlan, log) -> torch.nn.Module:
     )
     if method.checkpoint is not None:
         model = build_network(dataclasses.replace(job, init=None))
-        model.load_state_dict(load_checkpoint(method.checkpoint)["model"])
+        payload = load_checkpoint(method.checkpoint)
+        state = payload["model"]
+        if payload.get("released"):
+            from oodbench.models.released import convert_released_state
+
+            state = convert_released_state(state, model, str(method.checkpoint))
+        model.load_state_dict(state)
         return model.to(plan.device).eval()
     with file_lock(method.checkpoint_dir / ".lock"):
         model = train(job)

@@ -123,6 +123,23 @@ def test_run_table_and_resume(capsys, tmp_path, cache):
     assert set(frame["metric"]) == {"fpr", "auroc", "aupr_in", "aupr_out", "detection_error"}
     code, out, _ = _run(capsys, "table", str(out_dir), "--show", "protocol.name,pgd.steps")
     assert "protocol.name = paper" in out and "pgd.steps = 2" in out
+    code, out, _ = _run(capsys, "table", str(out_dir), "--show", "protocol")
+    assert "protocol.densenet_init = standard  # DenseNet conv init" in out and "rowl_train_attack = pgd" in out
+
+
+def test_protocol_switches_are_named_with_the_paper_value_where_they_differ(capsys):
+    """The DenseNet init quirk and the other atom-code switches are listed one by one (issue 12, point 7)."""
+    import dataclasses
+
+    from oodbench.config import get_protocol, protocol_lines
+
+    lines = protocol_lines(dataclasses.asdict(get_protocol("atom-code")))
+    assert any(line.startswith("protocol.densenet_init = atom-code  [paper: standard]") for line in lines)
+    assert any(line.startswith("protocol.rowl_train_attack = released  [paper: pgd]") for line in lines)
+    assert not any("[paper:" in line for line in protocol_lines(dataclasses.asdict(get_protocol("paper"))))
+    code, out, _ = _run(capsys, "list")
+    atom_code = next(line for line in out.splitlines() if line.strip().startswith("atom-code"))
+    assert code == 0 and "densenet_init=atom-code" in atom_code and "rowl_train_attack=released" in atom_code
 
 
 def test_a_results_directory_of_another_protocol_is_refused(capsys, tmp_path, cache):
