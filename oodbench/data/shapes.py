@@ -63,9 +63,10 @@ DIGIT_SIZE = (12, 24)
 BACKGROUND_CROP = (32, 128)
 AUX_CROP = (32, 160)
 POSITION_JITTER = 3  # largest offset (px) of an object's centre from the image centre
-SHOW_THROUGH = 0.15
+SHOW_THROUGH = 0.15  # share of the background texture kept inside an object
 CLASS_HUES = True  # each class has a typical hue (class / 10 on the colour wheel), as CIFAR classes have colours
-HUE_JITTER = 0.05  # share of the background texture kept inside an object
+HUE_JITTER = 0.05
+SATURATION, VALUE = (0.6, 1.0), (0.55, 1.0)  # HSV ranges of an object's colour
 MIN_CONTRAST = 60.0  # minimum distance (RGB, 0..255) between an object's colour and the background under it
 
 
@@ -186,7 +187,7 @@ def composite(
         if hue is None:
             return rng.uniform(0, 255, 3)
         h = (hue + rng.uniform(-HUE_JITTER, HUE_JITTER)) % 1.0
-        return 255.0 * np.array(colorsys.hsv_to_rgb(h, rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0)))
+        return 255.0 * np.array(colorsys.hsv_to_rgb(h, rng.uniform(*SATURATION), rng.uniform(*VALUE)))
 
     colour = draw_colour()
     for _ in range(8):  # redraw a colour too close to the background
