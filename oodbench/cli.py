@@ -55,8 +55,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--in",
         dest="in_dist",
-        default="digits",
-        help="in-distribution data set (default: the built-in 'digits' benchmark)",
+        default="shapes",
+        help="in-distribution data set (default: the built-in 'shapes' benchmark; the older built-in: 'digits')",
     )
     parser.add_argument("--ood", type=_csv, default=None, help="OOD test sets (default: the in-dist set's six)")
     parser.add_argument(
@@ -316,6 +316,10 @@ def cmd_run(args) -> int:
     print(f"\nrun directory: {run_dir}  (wall time {time.time() - started:.1f} s)")
     if not options.train_only:
         print(summary_table(load_cells([run_dir])))
+        from oodbench.figures import RUN_FIGURE, plot_run
+
+        figure = plot_run([run_dir], run_dir / RUN_FIGURE)
+        print(f"\nfigure (FPR per detector, natural vs attacked): {figure}  (redraw: oodbench plot run {run_dir})")
     return 0
 
 

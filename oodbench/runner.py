@@ -52,7 +52,7 @@ class RunOptions:
     """What `oodbench run` was asked to do (command-line options, unresolved)."""
 
     methods: list[str] = field(default_factory=lambda: ["msp"])
-    in_dist: str = "digits"
+    in_dist: str = "shapes"
     ood: list[str] | None = None
     threats: list[str] = field(default_factory=lambda: ["natural", "linf"])
     arch: str | None = None

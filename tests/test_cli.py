@@ -102,6 +102,9 @@ def test_run_table_and_resume(capsys, tmp_path, cache):
     for key in ("fpr", "auroc", "aupr_in", "aupr_out", "detection_error", "id_accuracy", "fnr", "e2e_accuracy"):
         assert 0.0 <= row[key] <= 100.0
     assert (out_dir / "run.json").exists()
+    # after the table, the run names the figure it drew (grouped FPR bars per threat model)
+    assert f"figure (FPR per detector, natural vs attacked): {out_dir / 'fpr_by_threat.png'}" in out
+    assert (out_dir / "fpr_by_threat.png").read_bytes()[:4] == b"\x89PNG"
     mtimes = {p: p.stat().st_mtime_ns for p in cells}
     # a rerun of the same command finds every cell finished and computes nothing
     code, out, err = _run(
