@@ -33,6 +33,8 @@ class AttackContext:
     adaptive: bool = False  # `strong` protocol: adaptive attacks on the deployed score
     apgd_steps: int = 100  # `strong` protocol: APGD iterations and restarts per objective
     apgd_restarts: int = 5
+    square_queries: int = 5000  # `strong` protocol: Square attack queries per image (0: no Square)
+    diagnostics_images: int = 64  # attack diagnostics run on this many images of a cell (attacks.diagnostics)
     progress: bool = True
     precision: str = "fp32"  # of the attacks' forward/backward passes (oodbench.accel); scores stay IEEE fp32
     attack_model: Any = None  # a compiled copy of the model for the attacks (--compile), or None

@@ -111,6 +111,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pgd-restarts", type=int, default=None, help="PGD random restarts (paper: 1)")
     parser.add_argument("--pgd-step", type=_pixels, default=None, help="PGD step size (paper: 1/255)")
     parser.add_argument("--pgd-eps", type=_pixels, default=None, help="L-inf radius (paper: 8/255)")
+    parser.add_argument(
+        "--square-queries",
+        type=int,
+        default=None,
+        help="strong protocol: Square attack queries per image (profile paper: 5000, smoke: 300; 0: no Square)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="evaluation / attack batch size")
     parser.add_argument(
         "--epochs", type=int, default=None, help="override the profile's epochs (lr steps at 50/75/90%%)"
@@ -164,6 +170,7 @@ def run_options(args: argparse.Namespace):
         pgd_restarts=args.pgd_restarts,
         pgd_step_size=args.pgd_step,
         pgd_eps=args.pgd_eps,
+        square_queries=args.square_queries,
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,

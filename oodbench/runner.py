@@ -73,6 +73,7 @@ class RunOptions:
     pgd_restarts: int | None = None
     pgd_step_size: float | None = None
     pgd_eps: float | None = None
+    square_queries: int | None = None  # `strong` protocol: Square queries per image (None: the profile's)
     batch_size: int | None = None
     cache_dir: str | None = None
     epochs: int | None = None  # overrides the profile's schedule (milestones at 50/75/90 %)
@@ -433,6 +434,7 @@ def _attack_context(
         precision=options.precision,
         apgd_steps=profile.apgd_steps,
         apgd_restarts=profile.apgd_restarts,
+        square_queries=options.square_queries if options.square_queries is not None else profile.square_queries,
         progress=options.progress,
     )
 
