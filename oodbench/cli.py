@@ -267,9 +267,15 @@ def cmd_table(args) -> int:
     cells = load_cells(args.run_dirs)
     metrics = args.metrics
     if args.format == "csv":
-        tidy(cells).to_csv(args.output or sys.stdout, index=False, float_format="%.4f")
+        from oodbench.flags import with_flags
+
+        with_flags(tidy(cells), cells).to_csv(args.output or sys.stdout, index=False, float_format="%.4f")
         return 0
-    if args.id:
+    if args.flags:
+        from oodbench.flags import flags_report
+
+        text = flags_report(cells, args.format)
+    elif args.id:
         from tabulate import tabulate
 
         frame = id_summary(args.run_dirs)
@@ -330,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--per-ood", action="store_true", help="one row per OOD set instead of the average")
     table.add_argument("--vs-paper", action="store_true", help="measured next to the paper's numbers")
     table.add_argument("--id", action="store_true", help="in-distribution accuracy / FNR / end-to-end (Table 11)")
+    table.add_argument(
+        "--flags",
+        action="store_true",
+        help="per-cell attack diagnostics (zero gradients, saturation, Square vs white-box, eps sweep) and their flags",
+    )
     table.add_argument(
         "--metrics", type=_csv, default=["fpr", "auroc"], help="fpr, auroc, aupr_in, aupr_out, detection_error"
     )
