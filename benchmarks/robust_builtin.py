@@ -72,19 +72,20 @@ def report(paper_dir: Path, strong_dir: Path, args, seconds: float) -> str:
         "",
         "Averaged over the OOD sets (FPR@95TPR in %; per-attack FPRs of the strong worst case):",
         "",
-        "| method | threat | paper FPR | strong FPR | strong AUROC | PGD | APGD (best obj.) | Square | zero-grad % "
-        "| saturated % | FPR by eps (x/255), strong attack on 64 images | flags |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | threat | paper FPR | paper AUROC | strong FPR | strong AUROC | PGD | APGD (best obj.) | Square "
+        "| zero-grad % | saturated % | FPR by eps (x/255), strong attack on 64 images | flags |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
         for threat in THREATS:
-            keys = [k for k in strong if k[0] == method and k[2] == threat]
+            keys = sorted({k for k in [*paper, *strong] if k[0] == method and k[2] == threat})
             if not keys:
                 continue
-            p = mean(paper[k]["fpr"] for k in keys if k in paper)  # nan: not run under paper
-            s = mean(strong[k]["fpr"] for k in keys)
-            auroc = mean(strong[k]["auroc"] for k in keys)
-            diag = [strong[k].get("diagnostics", {}) for k in keys]
+            p = mean(paper[k]["fpr"] for k in keys if k in paper)  # nan: not finished
+            pa = mean(paper[k]["auroc"] for k in keys if k in paper)
+            s = mean(strong[k]["fpr"] for k in keys if k in strong)
+            auroc = mean(strong[k]["auroc"] for k in keys if k in strong)
+            diag = [strong.get(k, paper.get(k, {})).get("diagnostics", {}) for k in keys]  # paper's until strong
             by = [d.get("by_attack_fpr", {}) for d in diag]
             pgd = mean(b.get("pgd") for b in by)
             apgd = mean(max((v for n, v in b.items() if n.startswith("apgd")), default=None) for b in by)
@@ -92,10 +93,10 @@ def report(paper_dir: Path, strong_dir: Path, args, seconds: float) -> str:
             zero = mean(d.get("zero_grad") for d in diag)
             saturated = mean(d.get("saturated") for d in diag)
             sweep = " ".join(f"{e}:{mean(d.get('eps_sweep', {}).get(str(e)) for d in diag):.0f}" for e in EPS_SWEEP)
-            flags = sorted({f for k in keys for f in strong[k].get("flags", [])})
+            flags = sorted({f for k in keys for f in strong.get(k, paper.get(k, {})).get("flags", [])})
             lines.append(
-                f"| {method} | {threat} | {p:.2f} | {s:.2f} | {auroc:.2f} | {pgd:.2f} | {apgd:.2f} | {square:.2f} "
-                f"| {zero:.1f} | {saturated:.1f} | {sweep} | {', '.join(flags) or '-'} |"
+                f"| {method} | {threat} | {p:.2f} | {pa:.2f} | {s:.2f} | {auroc:.2f} | {pgd:.2f} | {apgd:.2f} "
+                f"| {square:.2f} | {zero:.1f} | {saturated:.1f} | {sweep} | {', '.join(flags) or '-'} |"
             )
     return "\n".join(lines) + "\n"
 

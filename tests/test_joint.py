@@ -43,12 +43,10 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("OODBENCH_CACHE", str(tmp_path / "cache"))
 
 
-def test_strong_run_with_square_joint_diagnostics_and_flags(tmp_path, capsys, cache):
+def test_joint_run_diagnostics_and_flags_end_to_end(tmp_path, capsys, cache):
     out = tmp_path / "run"
-    args = ["run", "--methods", "msp", "--ood", "tiles", "--threats", "linf,linf-joint", "--protocol", "strong"]
-    assert main([*args, "--square-queries", "10", "--out", str(out), "--no-progress", *TINY]) == 0
-    record = json.loads((out / "run.json").read_text())
-    assert record["attacks"]["square"]["queries"] == 10 and record["attacks"]["apgd"]["steps"] == 25
+    args = ["run", "--methods", "msp", "--ood", "tiles", "--threats", "linf,linf-joint", "--out", str(out)]
+    assert main([*args, "--no-progress", *TINY]) == 0
     rows = {}
     for path in (out / "cells").glob("*.json"):
         row = json.loads(path.read_text())
@@ -56,12 +54,14 @@ def test_strong_run_with_square_joint_diagnostics_and_flags(tmp_path, capsys, ca
     joint, joint_npz = rows["linf-joint"]
     linf, _ = rows["linf"]
     assert joint["id_attacked"] and not linf["id_attacked"]
-    assert joint["threshold"] < linf["threshold"]  # the threshold comes from the attacked in-dist scores
+    (clean_npz,) = (out / "id").glob("msp-*[0-9a-f].npz")
+    clean = np.load(clean_npz)["scores"]
+    assert joint_npz["id_scores"].mean() < clean.mean()  # in-dist images were pushed towards OOD
+    assert joint["threshold"] == pytest.approx(float(np.sort(joint_npz["id_scores"])[25]))  # from the attacked ones
     expected = ood_metrics(joint_npz["id_scores"], joint_npz["ood_scores"])
     assert joint["fpr"] == pytest.approx(expected["fpr"]) and joint["auroc"] == pytest.approx(expected["auroc"])
-    for row in (joint, linf):
-        assert {"zero_grad", "saturated", "black_box_wins", "eps_sweep", "by_attack_fpr"} <= set(row["diagnostics"])
-        assert "square" in row["diagnostics"]["by_attack_fpr"]
+    for row in (joint, linf):  # the cheap diagnostics run under every protocol, the sweep only under strong
+        assert {"zero_grad", "saturated"} <= set(row["diagnostics"]) and "eps_sweep" not in row["diagnostics"]
     capsys.readouterr()
     assert main(["table", str(out), "--flags"]) == 0
     text = capsys.readouterr().out
@@ -71,6 +71,33 @@ def test_strong_run_with_square_joint_diagnostics_and_flags(tmp_path, capsys, ca
     assert main(["table", str(out), "--format", "csv"]) == 0
     frame = pd.read_csv(io.StringIO(capsys.readouterr().out), keep_default_na=False)
     assert "flags" in frame.columns and set(frame["threat"]) == {"linf", "linf-joint"}
+
+
+def test_strong_plan_records_square_and_keys_only_strong_cells_by_it(tmp_path, cache):
+    from oodbench.runner import RunOptions, plan_run
+
+    def plan(protocol, queries):
+        options = RunOptions(
+            methods=["msp"],
+            ood=["tiles"],
+            threats=["linf", "corruption"],
+            protocol=protocol,
+            profile="smoke",
+            square_queries=queries,
+            out=str(tmp_path / f"{protocol}-{queries}"),
+            progress=False,
+        )
+        return plan_run(options, log=lambda line: None)
+
+    strong = plan("strong", 10)
+    assert strong.record["attacks"]["square"] == {"eps": 8 / 255, "queries": 10, "p_init": 0.8, "objective": "score"}
+    assert strong.record["attacks"]["apgd"]["steps"] == 25
+    other = {c.threat: c.key for c in plan("strong", 20).cells}
+    keys = {c.threat: c.key for c in strong.cells}
+    assert keys["linf"] != other["linf"] and keys["corruption"] == other["corruption"]  # Square is L-inf only
+    paper = plan("paper", 10)
+    assert "square" not in paper.record["attacks"]
+    assert {c.key for c in paper.cells} == {c.key for c in plan("paper", 20).cells}
 
 
 def test_a_negative_square_budget_is_refused_before_any_compute(tmp_path, capsys, cache):
