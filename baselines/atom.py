@@ -37,6 +37,7 @@ def ood_class_objective(model, x: torch.Tensor, k: int) -> torch.Tensor:
 class KPlusOne(Detector):
     """Shared parts of the (K+1)-way detectors: score -softmax_{K+1}, attack eq. 71."""
 
+    score_bounds = (-1.0, 0.0)
     extra_outputs = 1
     uses_aux = True
 

@@ -209,6 +209,11 @@ class CCU(Detector):
     training_version = 2  # 2: sqrt(s) whitening, EM mixtures, pixel-space means (issue 12)
     Config = CCUConfig
 
+    @property
+    def score_bounds(self) -> tuple[float, float]:
+        """The max softmax lies in [1/K, 1] (1/K: uniform, where its gradient vanishes)."""
+        return (1.0 / self.num_classes, 1.0)
+
     @classmethod
     def resolve_defaults(cls, config, ctx):
         if config.components is None:

@@ -69,6 +69,7 @@ class Mahalanobis(Detector):
     lowest FPR@95 (SPEC section 4). Attack (paper eq. 69): -log sigmoid(w . M(x') + b) without preprocessing.
     """
 
+    score_bounds = (-1.0, 0.0)
     name = "mahalanobis"
     recipe = "vanilla"
     Config = MahalanobisConfig

@@ -10,6 +10,11 @@ from oodbench.registry import register_detector
 class MSP(Detector):
     """Score: max_i softmax_i(f(x)). Attack: eq. 68, mean_i -log F_i(x) (cross-entropy to uniform)."""
 
+    @property
+    def score_bounds(self) -> tuple[float, float]:
+        """The max softmax lies in [1/K, 1] (1/K: uniform, where its gradient vanishes)."""
+        return (1.0 / self.num_classes, 1.0)
+
     name = "msp"
     recipe = "vanilla"
 

@@ -26,6 +26,11 @@ class OEConfig:
 class OE(Detector):
     """Loss: CE(in) + lambda * mean OE(out), OE(x) = logsumexp(z) - mean(z). Score: MSP. Attack: eq. 68."""
 
+    @property
+    def score_bounds(self) -> tuple[float, float]:
+        """The max softmax lies in [1/K, 1] (1/K: uniform, where its gradient vanishes)."""
+        return (1.0 / self.num_classes, 1.0)
+
     name = "oe"
     uses_aux = True
     Config = OEConfig

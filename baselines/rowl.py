@@ -54,6 +54,7 @@ class ROWL(Detector):
     """Deployed score: 0 if argmax over K+1 is an in-dist class, else -1, with the fixed threshold -0.5 (SPEC
     section 1); search score -softmax_{K+1}; attack (eq. 71) -log F_{K+1}; accuracy over all K+1 outputs."""
 
+    score_bounds = (-1.0, 0.0)
     name = "rowl"
     extra_outputs = 1
     uses_aux = True

@@ -30,6 +30,7 @@ class SOFL(Detector):
     else a reject class drawn uniformly at random (per outlier, redrawn every batch).
     Score: -sum of reject-class softmax. Attack (eq. 70): -log sum_reject softmax."""
 
+    score_bounds = (-1.0, 0.0)
     name = "sofl"
     uses_aux = True
     Config = SOFLConfig

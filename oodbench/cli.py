@@ -116,6 +116,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pgd-restarts", type=int, default=None, help="PGD random restarts (paper: 1)")
     parser.add_argument("--pgd-step", type=_pixels, default=None, help="PGD step size (paper: 1/255)")
     parser.add_argument("--pgd-eps", type=_pixels, default=None, help="L-inf radius (paper: 8/255)")
+    parser.add_argument(
+        "--square-queries",
+        type=int,
+        default=None,
+        help="strong protocol: Square attack queries per image (profile paper: 5000, smoke: 300; 0: no Square)",
+    )
     parser.add_argument("--batch-size", type=int, default=None, help="evaluation / attack batch size")
     parser.add_argument(
         "--epochs", type=int, default=None, help="override the profile's epochs (lr steps at 50/75/90%%)"
@@ -169,6 +175,7 @@ def run_options(args: argparse.Namespace):
         pgd_restarts=args.pgd_restarts,
         pgd_step_size=args.pgd_step,
         pgd_eps=args.pgd_eps,
+        square_queries=args.square_queries,
         batch_size=args.batch_size,
         cache_dir=args.cache_dir,
         progress=not args.no_progress,
@@ -332,9 +339,15 @@ def cmd_table(args) -> int:
     cells = load_cells(args.run_dirs)
     metrics = args.metrics
     if args.format == "csv":
-        tidy(cells).to_csv(args.output or sys.stdout, index=False, float_format="%.4f")
+        from oodbench.flags import with_flags
+
+        with_flags(tidy(cells), cells).to_csv(args.output or sys.stdout, index=False, float_format="%.4f")
         return 0
-    if args.id:
+    if args.flags:
+        from oodbench.flags import flags_report
+
+        text = flags_report(cells, args.format)
+    elif args.id:
         from tabulate import tabulate
 
         frame = id_summary(args.run_dirs)
@@ -416,6 +429,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--per-ood", action="store_true", help="one row per OOD set instead of the average")
     table.add_argument("--vs-paper", action="store_true", help="measured next to the paper's numbers")
     table.add_argument("--id", action="store_true", help="in-distribution accuracy / FNR / end-to-end (Table 11)")
+    table.add_argument(
+        "--flags",
+        action="store_true",
+        help="per-cell attack diagnostics (zero gradients, saturation, Square vs white-box, eps sweep) and their flags",
+    )
     table.add_argument(
         "--metrics", type=_csv, default=["fpr", "auroc"], help="fpr, auroc, aupr_in, aupr_out, detection_error"
     )

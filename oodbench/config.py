@@ -75,6 +75,7 @@ class Profile:
     train_pgd: PGDConfig = PGDConfig(steps=5, step_size=2 / 255)
     apgd_steps: int = 100  # `strong` protocol: APGD iterations and restarts per objective (SPEC section 6)
     apgd_restarts: int = 5
+    square_queries: int = 5000  # `strong` protocol: Square attack queries per image (SPEC section 6: 5,000)
 
     def schedule(self, kind: str) -> tuple[int, tuple[int, ...]]:
         """(epochs, milestones) for an in-dist schedule kind ("cifar" or "svhn")."""
@@ -114,6 +115,7 @@ PROFILES = {
         eval_batch=256,
         apgd_steps=25,
         apgd_restarts=1,
+        square_queries=300,
     ),
 }
 

@@ -89,6 +89,9 @@ class Detector:
     tunes_on_aux: ClassVar[bool] = False
     #: a fixed acceptance threshold (ROWL's binary decision, SPEC section 1); None = 95 % TPR on in-dist
     fixed_threshold: ClassVar[float | None] = None
+    #: the float32 range of the deployed score (lowest = most OOD), e.g. (-1, 0) for -P(OOD); None: unbounded.
+    #: The attack diagnostics report the share of OOD scores stuck at a bound (saturated: no gradient signal)
+    score_bounds: ClassVar[tuple[float, float] | None] = None
     #: hyper-parameters with the paper's defaults; `--set name.field=value` overrides them
     Config: ClassVar[type] = dataclass(type("Config", (), {}))
     #: bumped when the training recipe changes, so that checkpoints trained by the old one are not reused

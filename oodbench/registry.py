@@ -93,6 +93,7 @@ _PLUGIN_MODULES = (
     "attacks.natural",
     "attacks.linf",
     "attacks.corruption",
+    "attacks.joint",
     "oodbench.toy",
 )
 _loaded = False

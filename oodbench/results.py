@@ -20,8 +20,14 @@ from oodbench.errors import ConfigError
 from oodbench.metrics import OOD_METRICS
 from oodbench.registry import DETECTORS
 
-THREAT_ORDER = ("natural", "corruption", "linf", "comp")
-THREAT_TITLES = {"natural": "Natural", "corruption": "Corruption", "linf": "L-inf", "comp": "Comp."}
+THREAT_ORDER = ("natural", "corruption", "linf", "comp", "linf-joint")
+THREAT_TITLES = {
+    "natural": "Natural",
+    "corruption": "Corruption",
+    "linf": "L-inf",
+    "comp": "Comp.",
+    "linf-joint": "Joint",
+}
 METRIC_TITLES = {
     "fpr": "FPR",
     "auroc": "AUROC",
@@ -128,22 +134,28 @@ def _best_mask(table: pd.DataFrame) -> pd.DataFrame:
     return mask
 
 
-def render(table: pd.DataFrame, fmt: str, title: str = "") -> str:
-    """Markdown or LaTeX text of a wide table, two decimals, best values in bold."""
+def render(table: pd.DataFrame, fmt: str, title: str = "", marks: pd.DataFrame | None = None) -> str:
+    """Markdown or LaTeX text of a wide table, two decimals, best values in bold; `marks` (same shape) appends a
+    mark to values (the attack-diagnostic flags, `oodbench.flags`)."""
     if table.empty:
         return "(no cells)"
     bold = _best_mask(table)
+    if marks is None:
+        marks = pd.DataFrame("", index=table.index, columns=table.columns)
     arrows = {m: ("↓" if m in LOWER_IS_BETTER else "↑") for m in METRIC_TITLES}
 
-    def cell(value, is_best):
+    def cell(value, is_best, mark=""):
         if pd.isna(value):
             return "-"
         text = f"{value:.2f}"
         if not is_best:
-            return text
-        return f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**"
+            return text + mark
+        return (f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**") + mark
 
-    body = [[*key, *[cell(table.loc[key, c], bold.loc[key, c]) for c in table.columns]] for key in table.index]
+    body = [
+        [*key, *[cell(table.loc[key, c], bold.loc[key, c], marks.loc[key, c]) for c in table.columns]]
+        for key in table.index
+    ]
     index_titles = [n.replace("_", "-") for n in table.index.names]
     if fmt == "latex":
         return _latex(table, body, index_titles, title)
@@ -189,9 +201,16 @@ def _tex(text: str) -> str:
 
 def summary_table(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "auroc"), per_ood: bool = False) -> str:
     """The rendered Table 1 layout (or the per-OOD-set view) of a set of cells."""
+    from oodbench.flags import table_marks
+
     long = tidy(cells, metrics)
     caption = ("Per OOD set" if per_ood else "Averaged over OOD sets") + " (values in %; best in bold)"
-    return render(wide(long, metrics, per_ood), fmt, title=caption)
+    table = wide(long, metrics, per_ood)
+    marks, legend = table_marks(table, cells, fmt)
+    text = render(table, fmt, title=caption, marks=marks)
+    if not legend:
+        return text
+    return text + ("\n% " if fmt == "latex" else "\n\n") + legend
 
 
 # ----------------------------------------------------------------------------------------------------

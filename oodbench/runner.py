@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from attacks.base import AttackContext, derive_seed
+from attacks.diagnostics import cell_diagnostics
 from attacks.pgd import PGDConfig
 from oodbench import __version__
 from oodbench.accel import check_precision, fp32_scoring, maybe_compile
@@ -44,7 +45,7 @@ from oodbench.registry import ARCHS, DETECTORS, THREATS, load_plugins
 
 DEFAULT_RUNS = Path("oodbench-runs")
 TUNE_IMAGES = 1000  # ODIN / Mahalanobis tuning images (SPEC section 4)
-THREAT_ORDER = ("natural", "corruption", "linf", "comp")
+THREAT_ORDER = ("natural", "corruption", "linf", "comp", "linf-joint")
 
 
 @dataclass
@@ -73,6 +74,7 @@ class RunOptions:
     pgd_restarts: int | None = None
     pgd_step_size: float | None = None
     pgd_eps: float | None = None
+    square_queries: int | None = None  # `strong` protocol: Square queries per image (None: the profile's)
     batch_size: int | None = None
     cache_dir: str | None = None
     epochs: int | None = None  # overrides the profile's schedule (milestones at 50/75/90 %)
@@ -211,6 +213,8 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
     if not arch.startswith("timm/"):
         ARCHS.entry(arch)
     device = resolve_device(options.device)
+    if options.square_queries is not None and options.square_queries < 0:
+        raise ConfigError(f"--square-queries {options.square_queries}: give a number of queries >= 0 (0: no Square)")
     try:
         check_precision(options.precision, device)
     except ValueError as error:
@@ -393,6 +397,7 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
         "in_dist": in_dist.name,
         "seed": options.seed,
         "pgd": dataclasses.asdict(pgd),
+        "attacks": attack_record(_attack_context(options, protocol, profile, pgd, device, run_dir)),
         "methods": {
             m.name: {
                 "recipe": m.recipe,
@@ -445,8 +450,31 @@ def _attack_context(
         precision=options.precision,
         apgd_steps=profile.apgd_steps,
         apgd_restarts=profile.apgd_restarts,
+        square_queries=options.square_queries if options.square_queries is not None else profile.square_queries,
         progress=options.progress,
     )
+
+
+def attack_record(ctx: AttackContext) -> dict[str, Any]:
+    """Every attack of the run's protocol with its settings (run.json `attacks`; SPEC section 6)."""
+    from attacks.diagnostics import BLACK_BOX_SLACK, EPS_SWEEP, LARGE_EPS, LARGE_EPS_MIN_FPR
+    from attacks.strong import APGD_OBJECTIVES, square_config
+
+    record: dict[str, Any] = {
+        "pgd": {**dataclasses.asdict(ctx.pgd), "objective": "attack"},
+        "corruption": {"suite": ctx.corruption_suite, "seed": ctx.corruption_seed, "objective": "search_score"},
+        "diagnostics": {"images": ctx.diagnostics_images, "zero_grad": True, "saturation": True},
+    }
+    if ctx.adaptive:
+        record["apgd"] = {"steps": ctx.apgd_steps, "restarts": ctx.apgd_restarts, "objectives": list(APGD_OBJECTIVES)}
+        if ctx.square_queries > 0:
+            record["square"] = {**dataclasses.asdict(square_config(ctx)), "objective": "score"}
+        record["diagnostics"].update(
+            eps_sweep=list(EPS_SWEEP),
+            large_eps={"eps": LARGE_EPS, "min_fpr": LARGE_EPS_MIN_FPR},
+            black_box_slack=BLACK_BOX_SLACK,
+        )
+    return record
 
 
 def default_cache_dir() -> Path:
@@ -774,6 +802,25 @@ def in_distribution_under_attack(plan: RunPlan, method: MethodPlan, model, id_re
     return fnr
 
 
+def threat_in_distribution_scores(plan: RunPlan, method: MethodPlan, model, threat, memo: dict | None):
+    """The in-dist test scores under `threat` (float32 numpy), or None when it attacks OOD inputs only; computed
+    once per detector and threat model (its seed does not depend on the OOD set) and shared through `memo`."""
+    key = ("in-distribution under", threat.name)
+    if memo is not None and key in memo:
+        return memo[key]
+    ctx = _attack_context(plan.options, plan.protocol, plan.profile, plan.pgd, plan.device, plan.run_dir)
+    ctx.seed = derive_seed(plan.options.seed, "in-dist", threat.name)
+    ctx.label = f"{method.name}/in-dist"
+    if memo is not None:
+        ctx.memo = memo
+        ctx.attack_model = memo.get("attack_model")
+    scores = threat.in_distribution_scores(method.detector, model, plan.test.images.to(plan.device), ctx)
+    result = None if scores is None else scores.float().cpu().numpy()
+    if memo is not None:
+        memo[key] = result
+    return result
+
+
 def evaluate_cell(
     plan: RunPlan,
     method: MethodPlan,
@@ -793,30 +840,37 @@ def evaluate_cell(
     if memo is not None:
         ctx.memo = memo
         ctx.attack_model = memo.get("attack_model")
+    ctx.per_attack = {} if ctx.adaptive else None  # the worst case's per-attack scores, for the diagnostics
     ood_scores = threat.scores(method.detector, model, images, ctx).float().cpu().numpy()
     crash_point(f"attack:{cell.threat}")
     detector = method.detector
-    metrics = ood_metrics(id_record["scores"], ood_scores, threshold=detector.fixed_threshold)
+    attacked_id = threat_in_distribution_scores(plan, method, model, threat, memo)
+    id_scores = id_record["scores"] if attacked_id is None else attacked_id
+    threshold = detector.fixed_threshold if detector.fixed_threshold is not None else threshold_at_tpr(id_scores)
+    metrics = ood_metrics(id_scores, ood_scores, threshold=detector.fixed_threshold)
     id_part = id_metrics(
         id_record["scores"], id_record["predictions"], id_record["labels"], threshold=detector.fixed_threshold
     )
+    checks = cell_diagnostics(threat, detector, model, images, ood_scores, id_scores, threshold, ctx, ctx.per_attack)
     row = {
         **cell.row,
         **metrics,
         **{k: id_part[k] for k in ("id_accuracy", "fnr", "e2e_accuracy")},
-        "threshold": detector.fixed_threshold
-        if detector.fixed_threshold is not None
-        else threshold_at_tpr(id_record["scores"]),
+        "threshold": threshold,
+        "id_attacked": attacked_id is not None,
+        **checks,
         "n_id": int(len(id_record["scores"])),
         "n_ood": int(len(ood_scores)),
         "seconds": round(time.time() - started, 3),
         "device": str(plan.device),
     }
-    write_npz(plan.run_dir / "cells" / f"{cell.key}.npz", ood_scores=ood_scores.astype(np.float32))
+    extra = {} if attacked_id is None else {"id_scores": attacked_id.astype(np.float32)}
+    write_npz(plan.run_dir / "cells" / f"{cell.key}.npz", ood_scores=ood_scores.astype(np.float32), **extra)
     crash_point(f"write:{cell.threat}")
     write_json(plan.run_dir / "cells" / f"{cell.key}.json", row)
     log(
         f"[{method.name}] {cell.ood_set:>14s} {cell.threat:<10s} "
         f"FPR {metrics['fpr']:6.2f}  AUROC {metrics['auroc']:6.2f}  ({row['seconds']:.1f} s)"
+        + (f"  flags: {', '.join(row['flags'])}" if row["flags"] else "")
     )
     return row

@@ -46,7 +46,15 @@ def _objective(model):
 
 def _ctx(**changes):
     return dataclasses.replace(
-        AttackContext(batch_size=16, seed=3, pgd=PGDConfig(steps=5), apgd_steps=8, apgd_restarts=2, progress=False),
+        AttackContext(
+            batch_size=16,
+            seed=3,
+            pgd=PGDConfig(steps=5),
+            apgd_steps=8,
+            apgd_restarts=2,
+            square_queries=40,
+            progress=False,
+        ),
         **changes,
     )
 

@@ -45,6 +45,7 @@ def test_list_shows_every_detector_threat_and_ablation(capsys):
         "linf",
         "corruption",
         "comp",
+        "linf-joint",
         "digits",
         "cifar10",
         "densenet100",
@@ -121,7 +122,7 @@ def test_run_table_and_resume(capsys, tmp_path, cache):
     assert code == 0 and "tiles" in out
     code, out, _ = _run(capsys, "table", str(out_dir), "--format", "csv")
     frame = pd.read_csv(io.StringIO(out))
-    assert list(frame.columns) == ["in_dist", "method", "ood_set", "threat", "metric", "value"]
+    assert list(frame.columns) == ["in_dist", "method", "ood_set", "threat", "metric", "value", "flags"]
     assert set(frame["ood_set"]) == {"tiles", "average"}
     assert set(frame["metric"]) == {"fpr", "auroc", "aupr_in", "aupr_out", "detection_error"}
     code, out, _ = _run(capsys, "table", str(out_dir), "--show", "protocol.name,pgd.steps")
