@@ -497,12 +497,14 @@ def _check_run_dir(run_dir: Path, record: dict[str, Any]) -> None:
     except (OSError, json.JSONDecodeError):
         raise ConfigError(f"'{path}' is unreadable; move the directory away or pass another --out") from None
     wrong = []
-    if (
-        existing.get("protocol", {}).get("name") != record["protocol"]["name"]
-        or existing.get("protocol") != record["protocol"]
-    ):
+    before, now = existing.get("protocol", {}), record["protocol"]
+    if before.get("name") != now["name"]:
+        wrong.append(f"protocol {before.get('name')!r} (this run: {now['name']!r})")
+    elif before != now:  # same name, other switches (e.g. a switch a newer oodbench added): say which
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         wrong.append(
-            f"protocol {existing.get('protocol', {}).get('name')!r} (this run: {record['protocol']['name']!r})"
+            "protocol switches "
+            + ", ".join(f"{k}={before.get(k, '(absent)')!r} (this run: {now.get(k, '(absent)')!r})" for k in changed)
         )
     if existing.get("profile", {}).get("name") != record["profile"]["name"]:
         wrong.append(f"profile {existing.get('profile', {}).get('name')!r} (this run: {record['profile']['name']!r})")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -172,3 +173,17 @@ def test_run_directory_of_another_protocol_is_refused_and_untouched(tmp_path, ca
     code, err = run(capsys, "run", "--methods", "msp", "--out", str(out), *TINY)
     assert code == 2 and "belongs to another run" in err
     assert (out / "run.json").read_text() == before and not (out / "cells").exists()
+
+
+def test_run_directory_with_other_switches_names_them(tmp_path, capsys):
+    """Same protocol name, other switches (e.g. written by an older oodbench without a newer switch): the message
+    names the switch that differs instead of 'protocol paper (this run: paper)'."""
+    from oodbench.config import PROTOCOLS
+
+    recorded = {k: v for k, v in dataclasses.asdict(PROTOCOLS["paper"]).items() if k != "rowl_train_attack"}
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"protocol": recorded, "profile": {"name": "smoke"}}))
+    code, err = run(capsys, "run", "--methods", "msp", "--out", str(out), *TINY)
+    assert code == 2 and "belongs to another run" in err
+    assert "rowl_train_attack='(absent)' (this run: 'pgd')" in err
