@@ -34,6 +34,8 @@ class AttackContext:
     adaptive: bool = False  # `strong` protocol: adaptive attacks on the deployed score
     apgd_steps: int = 100  # `strong` protocol: APGD iterations and restarts per objective
     apgd_restarts: int = 5
+    square_queries: int = 5000  # `strong` protocol: Square attack queries per image (0: no Square)
+    diagnostics_images: int = 64  # attack diagnostics run on this many images of a cell (attacks.diagnostics)
     progress: bool = True
     precision: str = "fp32"  # of the attacks' forward/backward passes (oodbench.accel); scores stay IEEE fp32
     attack_model: Any = None  # a compiled copy of the model for the attacks (--compile), or None
@@ -41,6 +43,9 @@ class AttackContext:
     #: per-detector memo shared by the cells of one detector (the corruption search of `comp` reuses the one of
     #: `corruption` on the same OOD set): key -> tensor
     memo: dict = field(default_factory=dict)
+    #: filled by the `strong` worst case with each attack's deployed scores (attack name -> float32 [N]) when
+    #: not None: the diagnostics compare the black-box attack with the white-box ones
+    per_attack: dict | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,6 +80,20 @@ class ThreatModel:
     def scores(self, detector: Detector, model: nn.Module, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
         """Deployed scores float32 [N] of `images` (uint8 [N, 3, H, W], on ctx.device) under this threat."""
         raise NotImplementedError
+
+    def in_distribution_scores(
+        self, detector: Detector, model: nn.Module, images: torch.Tensor, ctx: AttackContext
+    ) -> torch.Tensor | None:
+        """Deployed scores of the in-dist test images under this threat, or None: the clean scores (the paper's
+        threat models attack OOD inputs only; `linf-joint` attacks both, SPEC section 6 "Joint")."""
+        return None
+
+    def attack_sources(
+        self, detector: Detector, model: nn.Module, images: torch.Tensor, ctx: AttackContext
+    ) -> torch.Tensor:
+        """The points a white-box attack of this threat starts from (the images; comp: the chosen corruptions),
+        where the diagnostics measure the input gradient."""
+        return images
 
 
 def start_noise_for_set(n: int, shape: tuple[int, ...], config: PGDConfig, seed: int, device) -> list[torch.Tensor]:

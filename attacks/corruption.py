@@ -18,22 +18,25 @@ from attacks.base import AttackContext, ThreatModel
 from attacks.corruptions import variant_list, variants_for
 from attacks.linf import pgd_scores
 from attacks.strong import apgd_config
+from oodbench.detector import Detector
 from oodbench.progress import progress
 from oodbench.registry import register_threat
 from oodbench.scoring import map_batches
 
 
 @torch.no_grad()
-def _search_scores(detector, model, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return map_batches(lambda x: detector.search_score(model, x).float(), images, batch_size)
+def _search_scores(detector, model, images: torch.Tensor, batch_size: int, rank: str = "search") -> torch.Tensor:
+    method = detector.search_score if rank == "search" else detector.score
+    return map_batches(lambda x: method(model, x).float(), images, batch_size)
 
 
-def corruption_search(detector, model, images: torch.Tensor, ctx: AttackContext) -> torch.Tensor:
-    """The most in-distribution-looking variant of each image (uint8 [N, 3, H, W] on the images' device).
+def corruption_search(detector, model, images: torch.Tensor, ctx: AttackContext, rank: str = "search") -> torch.Tensor:
+    """The most in-distribution-looking variant of each image (uint8 [N, 3, H, W] on the images' device), ranked by
+    `search_score` (rank "search", the paper's) or by the deployed `score` (rank "score", `strong`).
 
     Memoised in `ctx.memo` (one detector's cells share it), so the compositional attack reuses the search of
     the corruption attack on the same images instead of repeating it."""
-    memo_key = ("corruption_search", ctx.corruption_suite, ctx.corruption_seed, images.data_ptr(), len(images))
+    memo_key = ("corruption_search", rank, ctx.corruption_suite, ctx.corruption_seed, images.data_ptr(), len(images))
     if memo_key in ctx.memo:
         return ctx.memo[memo_key]
     model.eval()
@@ -46,11 +49,11 @@ def corruption_search(detector, model, images: torch.Tensor, ctx: AttackContext)
         progress=ctx.progress,
     )
     best = images.clone()
-    best_score = _search_scores(detector, model, images, ctx.batch_size)
+    best_score = _search_scores(detector, model, images, ctx.batch_size, rank)
     names = variant_list(ctx.corruption_suite)
     for v in progress(range(len(names)), desc=f"corruption search {ctx.label}", enabled=ctx.progress, unit="variant"):
         block = torch.from_numpy(np.array(variants[v])).to(images.device, non_blocking=True)  # one block, read-only map
-        score = _search_scores(detector, model, block, ctx.batch_size)
+        score = _search_scores(detector, model, block, ctx.batch_size, rank)
         improved = score > best_score  # strictly higher: ties keep the earlier variant (clean first)
         best_score = torch.where(improved, score, best_score)
         best = torch.where(improved.view(-1, 1, 1, 1), block, best)  # no host sync
@@ -69,11 +72,20 @@ class CorruptionAttack(ThreatModel):
     published_with_code_settings = True
 
     def config(self, ctx):
-        return {"suite": ctx.corruption_suite, "seed": ctx.corruption_seed}
+        out = {"suite": ctx.corruption_suite, "seed": ctx.corruption_seed}
+        return {**out, "rank": ["search_score", "score"]} if ctx.adaptive else out
 
     def scores(self, detector, model, images, ctx):
-        chosen = corruption_search(detector, model, images, ctx)
-        return map_batches(lambda x: detector.score(model, x).float(), chosen, ctx.batch_size)
+        """The deployed score of the chosen variant; under `strong` (ctx.adaptive), per image the worst case of the
+        variant ranked by `search_score` and the one ranked by the deployed `score` itself (a black-box search on
+        the deployed score, as Square's on the L-inf ball) where the two scores differ (ROWL's binary decision)."""
+        deployed = _search_scores(
+            detector, model, corruption_search(detector, model, images, ctx), ctx.batch_size, "score"
+        )
+        if ctx.adaptive and type(detector).search_score is not Detector.search_score:
+            by_score = corruption_search(detector, model, images, ctx, rank="score")
+            deployed = torch.maximum(deployed, _search_scores(detector, model, by_score, ctx.batch_size, "score"))
+        return deployed
 
 
 @register_threat("comp", summary="compositional: corruption attack, then L-inf PGD around the corrupted image")
@@ -94,6 +106,9 @@ class CompositionalAttack(ThreatModel):
             "pgd": dataclasses.asdict(ctx.pgd),
             **apgd_config(ctx),
         }
+
+    def attack_sources(self, detector, model, images, ctx):
+        return corruption_search(detector, model, images, ctx)
 
     def scores(self, detector, model, images, ctx):
         chosen = corruption_search(detector, model, images, ctx)

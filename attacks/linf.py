@@ -22,7 +22,7 @@ def pgd_scores(detector, model, images: torch.Tensor, ctx: AttackContext, desc: 
     per-sample worst case over this PGD and APGD on several objectives (SPEC section 6).
     """
     if ctx.adaptive:
-        return strong_scores(detector, model, images, ctx, desc)
+        return strong_scores(detector, model, images, ctx, desc, per_attack=ctx.per_attack)
     model.eval()
     attack_model = ctx.attack_model or model
     noises = start_noise_for_set(len(images), tuple(images.shape[1:]), ctx.pgd, ctx.seed, images.device)

@@ -41,6 +41,7 @@ def ood_class_objective(model, x: torch.Tensor, k: int) -> torch.Tensor:
 class KPlusOne(Detector):
     """Shared parts of the (K+1)-way detectors: score -softmax_{K+1}, attack eq. 71."""
 
+    score_bounds = (-1.0, 0.0)
     extra_outputs = 1
     uses_aux = True
 
@@ -64,11 +65,14 @@ class NTOM(KPlusOne):
     order = 90  # position in the paper's Table 1
     Config = ATOMConfig
     outlier_stream = "mined"
+    #: q by auxiliary pool where the paper departs from the in-dist set's q (`--set NAME.q=V` still wins)
+    q_by_aux: ClassVar[dict[str, float]] = {}
 
     @classmethod
     def resolve_defaults(cls, config, ctx):
         if config.q is None:
-            config.q = config.Q_PER_DATASET.get(ctx.in_dist.name, config.DEFAULT_Q)
+            aux_name = getattr(getattr(ctx, "aux", None), "name", None)
+            config.q = cls.q_by_aux.get(aux_name, config.Q_PER_DATASET.get(ctx.in_dist.name, config.DEFAULT_Q))
         return config
 
     def __init__(self, num_classes, config=None):
@@ -111,6 +115,7 @@ class ATOM(NTOM):
     is replaced by PGD points maximising CE(., K+1) (eps 8/255, 5 x 2/255, random start, model in eval mode)."""
 
     order = 100  # position in the paper's Table 1
+    q_by_aux = {"imagenet_rc": 0.0}  # Table 8: with ImageNet-RC as the auxiliary set ATOM uses q = 0 (SPEC 5)
 
     def adversarial_outliers(self, model, x_out):
         split = len(x_out) - int(len(x_out) * self.config.adv_fraction)

@@ -1,7 +1,7 @@
 """CCU: certified certain uncertainty (Meinke & Hein, ICLR 2020; SPEC section 4 'CCU in detail').
 
-The classifier is combined with two Gaussian mixtures on whitened pixels, p_in(x) and p_out(x), into the
-doubly robust model (lambda = 1, p(in) = p(out) = 1/2):
+The classifier is combined with two Gaussian mixtures in the PCA metric of the pixels, p_in(x) and p_out(x)
+(means in pixel space, distances after `PCAWhitening`), into the doubly robust model (lambda = 1, p(in) = p(out) = 1/2):
 
     DR(y | x) = (softmax_y(f(x)) p_in(x) + p_out(x) / K) / (p_in(x) + p_out(x))
 
@@ -11,22 +11,32 @@ Far from the training data p_out dominates and the confidence provably tends to 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 from torch import nn
 
 from oodbench.data import random_crop_flip
 from oodbench.detector import Detector, Stage, msp, oe_loss
+from oodbench.errors import ConfigError
 from oodbench.registry import register_detector
 from oodbench.seeding import derive_seed
 
 
 class PCAWhitening(nn.Module):
-    """x -> (x - mean) V / s over flattened pixels, singular values floored at s_max / 1e6 (the released
-    code's `PCAMetric`). Eigen-decomposition of the pixel covariance, so the shapes do not depend on N."""
+    """x -> (x - mean) V / sqrt(s) over flattened pixels: the released `PCAMetric(X, min_sv_factor=1e6)`.
+
+    V holds the principal directions and s the singular values of the centred data matrix (scikit-learn's
+    `pca.singular_values_`), floored at s_max / 1e6 *before* the square root; the coordinates are divided by
+    sqrt(s), not by s (so this is not a full whitening, whose divisor would be s / sqrt(N - 1)). Computed by an
+    eigen-decomposition of X^T X (s = sqrt of its eigenvalues), so every direction is kept even when N < D (the
+    floor then applies); for N >= D this is scikit-learn's PCA up to the signs of the directions, which no
+    distance sees. The released code does not centre (x V / sqrt(s)); the mean cancels in every distance."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -44,14 +54,29 @@ class PCAWhitening(nn.Module):
         singular = torch.clamp(singular, min=float(singular.max()) / floor)
         self.mean.copy_(mean.float())
         self.components.copy_(vectors.float())
-        self.scale.copy_(singular.float())
+        self.scale.copy_(singular.sqrt().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.flatten(1) - self.mean) @ self.components) / self.scale
 
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixel-space points of whitened coordinates (V is orthogonal): (z * sqrt(s)) V^T + mean."""
+        return (z * self.scale) @ self.components.T + self.mean
+
+
+class _UniformWeightEM(GaussianMixture):
+    """scikit-learn's EM with the weights held uniform, as the released code's `mixture.GMM(params='mc')`
+    (means and covariances updated, weights not)."""
+
+    def _m_step(self, X, log_resp, *args, **kwargs):
+        super()._m_step(X, log_resp, *args, **kwargs)
+        self.weights_ = np.full(self.n_components, 1.0 / self.n_components)
+
 
 class SphericalGMM(nn.Module):
-    """A mixture of spherical Gaussians with uniform, frozen weights; means and log-variances are trained."""
+    """A mixture of spherical Gaussians in the whitened metric with uniform, frozen weights. The means live in
+    pixel space and are trained there (released `train_ccu.py`), so one SGD step moves a whitened mean
+    coordinate i by lr / s_i; the log-variances are trained too."""
 
     def __init__(self, components: int, dim: int):
         super().__init__()
@@ -59,36 +84,53 @@ class SphericalGMM(nn.Module):
         self.log_var = nn.Parameter(torch.zeros(components))
 
     @torch.no_grad()
-    def fit(self, z: torch.Tensor, seed: int, iterations: int = 20) -> None:
-        """k-means (Lloyd) initialisation; every variance then set to the mean variance (SPEC)."""
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+    def fit(self, z: torch.Tensor, seed: int, to_pixels=None) -> None:
+        """EM on whitened points `z` (scikit-learn, spherical, k-means start, covariance floor 1e-3 and 100
+        iterations as the released `mixture.GMM`, weights uniform); every variance then set to the mean
+        variance (SPEC), and the means mapped to pixel space by `to_pixels` (the whitening's inverse)."""
         k = self.means.shape[0]
-        centres = z[torch.randperm(len(z), generator=generator)[:k].to(z.device)].clone()
-        if len(centres) < k:  # fewer points than components: repeat points
-            centres = centres[torch.arange(k, device=z.device) % len(centres)]
-        for _ in range(iterations):
-            assign = torch.cdist(z, centres).argmin(dim=1)
-            counts = torch.bincount(assign, minlength=k).to(z.dtype)
-            sums = torch.zeros_like(centres).index_add_(0, assign, z)
-            filled = counts > 0  # an empty cluster keeps its centre
-            centres[filled] = sums[filled] / counts[filled, None]
-        assign = torch.cdist(z, centres).argmin(dim=1)
-        sq = ((z - centres[assign]) ** 2).sum(dim=1) / z.shape[1]
-        counts = torch.bincount(assign, minlength=k).to(z.dtype)
-        per_component = torch.zeros(k, dtype=z.dtype, device=z.device).index_add_(0, assign, sq)
-        filled = counts > 0
-        variance = per_component[filled] / counts[filled]
-        self.means.copy_(centres)
-        self.log_var.fill_(float(torch.log(variance.mean().clamp_min(1e-8))))
+        points = z.detach().double().cpu().numpy()
+        if len(points) < k:  # fewer points than components: repeat points
+            points = points[np.arange(k) % len(points)]
+        em = _UniformWeightEM(
+            n_components=k,
+            covariance_type="spherical",
+            reg_covar=1e-3,
+            max_iter=100,
+            tol=1e-3,
+            weights_init=np.full(k, 1.0 / k),
+            random_state=seed % (2**32),
+        )
+        with warnings.catch_warnings():  # non-convergence within 100 iterations is the released behaviour
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            em.fit(points)
+        centres = torch.as_tensor(em.means_, dtype=z.dtype, device=z.device)
+        self.means.copy_(to_pixels(centres) if to_pixels is not None else centres)
+        self.log_var.fill_(float(np.log(np.mean(em.covariances_))))
 
-    def log_density(self, z: torch.Tensor) -> torch.Tensor:
-        """log p(z) = logsumexp_k [-log K - d/2 log(2 pi var_k) - |z - m_k|^2 / (2 var_k)]  ([B])."""
+    def log_density(self, z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """log p(z) = logsumexp_k [-log K - d/2 log(2 pi var_k) - |z - c_k|^2 / (2 var_k)]  ([B]), with `centres`
+        the whitened means (the released `GMM.forward` up to the constant 1/2 sum log s, which cancels in DR)."""
         d = z.shape[1]
-        sq = (z * z).sum(1, keepdim=True) - 2 * z @ self.means.T + (self.means * self.means).sum(1)[None]
+        sq = (z * z).sum(1, keepdim=True) - 2 * z @ centres.T + (centres * centres).sum(1)[None]
         log_comp = (
             -0.5 * d * (math.log(2 * math.pi) + self.log_var)[None] - 0.5 * sq.clamp_min(0) / self.log_var.exp()[None]
         )
         return torch.logsumexp(log_comp, dim=1) - math.log(self.means.shape[0])
+
+
+def leading_aux_images(aux, count: int) -> torch.Tensor:
+    """The first `count` images of the auxiliary file in file order (uint8 [n, 3, S, S]): the reserved validation
+    images (TinyImages indices 0..9,999 without CIFAR duplicates) followed by the pool's first positions, as the
+    released code's unshuffled TinyImages loader reads them for the out-mixture (indices 0..20,049)."""
+    validation = aux.validation()
+    head = validation.images[:count] if validation is not None else torch.zeros(0, dtype=torch.uint8)
+    rest = min(count - len(head), len(aux))
+    tail = aux.get(np.arange(rest, dtype=np.int64))
+    return torch.cat([head, tail]) if len(head) else tail
+
+
+OUT_FITS = ("uniform", "first")
 
 
 class CCUNet(nn.Module):
@@ -103,9 +145,17 @@ class CCUNet(nn.Module):
         self.gmm_out = SphericalGMM(components, dim)
         self.num_outputs = getattr(base, "num_outputs", None)
 
+    @torch.no_grad()
+    def fit_mixtures(self, x_in: torch.Tensor, x_out: torch.Tensor, seed: int) -> None:
+        """The whitening on the in-dist images, then both mixtures by EM (released `gen_gmm`): [N, D] pixels."""
+        self.whiten.fit(x_in)
+        self.gmm_in.fit(self.whiten(x_in), seed, self.whiten.inverse)
+        self.gmm_out.fit(self.whiten(x_out), seed + 1, self.whiten.inverse)
+
     def densities(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.whiten(x)
-        return self.gmm_in.log_density(z), self.gmm_out.log_density(z)
+        log_p_in = self.gmm_in.log_density(z, self.whiten(self.gmm_in.means))
+        return log_p_in, self.gmm_out.log_density(z, self.whiten(self.gmm_out.means))
 
     def log_dr(self, logits: torch.Tensor, log_p_in: torch.Tensor, log_p_out: torch.Tensor) -> torch.Tensor:
         k = logits.shape[1]
@@ -125,12 +175,20 @@ class CCUNet(nn.Module):
 @dataclass
 class CCUConfig:
     """Batch 64 in-dist / 50 outliers (code); mixtures of `components` (None: the profile's, 100 at paper scale)
-    fitted on the augmented training set and `out_fit_images` auxiliary images; mixture lr 1e-5, no decay."""
+    fitted by EM on the augmented training set and on `out_fit_images` augmented auxiliary images; mixture lr
+    1e-5, no decay.
+
+    `out_fit`: which auxiliary images the out-mixture is fitted on. "first" (atom-code): the first 20,050 of the
+    file (TinyImages indices 0..20,049, CIFAR duplicates skipped; the released `out_loader` without shuffling);
+    "uniform" (paper): a uniform draw from the training pool, since the paper's protocol draws auxiliary images
+    uniformly and reserves TinyImages indices 0..9,999 for validation. The EM fit and the pixel-space means are
+    the released code's in every protocol (Meinke & Hein's model; the paper states no other)."""
 
     in_batch: int = 64
     out_batch: int = 50
     components: int | None = None
     out_fit_images: int = 20050
+    out_fit: str = "uniform"  # "uniform" | "first" (the atom-code preset; --switch ccu_out_fit)
     mixture_lr: float = 1e-5
     base_msp: bool = False  # score the base network's MSP, as the released code does (the atom-code protocol)
 
@@ -148,7 +206,13 @@ class CCU(Detector):
 
     order = 70  # position in the paper's Table 1
     uses_aux = True
+    training_version = 2  # 2: sqrt(s) whitening, EM mixtures, pixel-space means (issue 12)
     Config = CCUConfig
+
+    @property
+    def score_bounds(self) -> tuple[float, float]:
+        """The max softmax lies in [1/K, 1] (1/K: uniform, where its gradient vanishes)."""
+        return (1.0 / self.num_classes, 1.0)
 
     @classmethod
     def resolve_defaults(cls, config, ctx):
@@ -158,6 +222,11 @@ class CCU(Detector):
 
     def __init__(self, num_classes, config=None):
         super().__init__(num_classes, config)
+        if self.config.out_fit not in OUT_FITS:
+            raise ConfigError(
+                f"unknown CCU out-mixture data '{self.config.out_fit}' "
+                f"(ccu.out_fit / --switch ccu_out_fit: {', '.join(OUT_FITS)})"
+            )
         self.components = self.config.components or 100
 
     def build_model(self, ctx, base):
@@ -171,16 +240,15 @@ class CCU(Detector):
         if ctx.in_dist.augment:
             in_images = random_crop_flip(in_images, size=32, padding=4, generator=generator)
         x_in = in_images.to(device).float().div(255).flatten(1)
-        rng = np.random.default_rng(seed % (2**32))
-        count = min(self.config.out_fit_images, len(aux))
-        out_images = random_crop_flip(
-            aux.get(np.sort(rng.choice(len(aux), count, replace=False))), size=32, padding=4, generator=generator
-        )
+        if self.config.out_fit == "first":
+            raw_out = leading_aux_images(aux, self.config.out_fit_images)
+        else:
+            rng = np.random.default_rng(seed % (2**32))
+            count = min(self.config.out_fit_images, len(aux))
+            raw_out = aux.get(np.sort(rng.choice(len(aux), count, replace=False)))
+        out_images = random_crop_flip(raw_out, size=32, padding=4, generator=generator)
         x_out = out_images.to(device).float().div(255).flatten(1)
-        model.whiten.fit(x_in)
-        with torch.no_grad():
-            model.gmm_in.fit(model.whiten(x_in), seed)
-            model.gmm_out.fit(model.whiten(x_out), seed + 1)
+        model.fit_mixtures(x_in, x_out, seed)
         self.after_step(model)
 
     def stages(self, ctx):

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegressionCV
 
 from baselines.odin import ge_sign
 from oodbench.detector import Detector
+from oodbench.errors import ConfigError
 from oodbench.metrics import fpr_at_tpr
 from oodbench.registry import register_detector
 from oodbench.scoring import map_batches
@@ -25,6 +27,25 @@ class MahalanobisConfig:
     magnitudes: tuple[float, ...] = (0.0, 0.01, 0.005, 0.002, 0.0014, 0.001, 0.0005)
     fgsm_eps: float = 0.05
     magnitude: float | None = None  # fix instead of tuning
+    regression: str = "converged"  # "converged" | "released" (the atom-code preset; --switch mahalanobis_regression)
+
+
+#: LogisticRegressionCV settings per `regression`: "released" is `tune_mahalanobis_hyperparams.py`'s
+#: `LogisticRegressionCV(n_jobs=-1)` (scikit-learn defaults: lbfgs, 100 iterations, which may stop before
+#: convergence) on float32 layer scores; "converged" lets lbfgs run to 1,000 iterations on float64 scores.
+REGRESSIONS = {"converged": ({"max_iter": 1000}, np.float64), "released": ({}, np.float32)}
+
+
+def fit_regression(features: np.ndarray, targets: np.ndarray, regression: str) -> LogisticRegressionCV:
+    """The logistic regression over per-layer scores (Lee et al. 2018), with the settings of `REGRESSIONS`;
+    `feature_dtype` on the result says how scores are cast before `predict_proba`."""
+    settings, dtype = REGRESSIONS[regression]
+    with warnings.catch_warnings():  # scikit-learn's API-transition FutureWarnings; the fit is unchanged
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)  # "released": lbfgs may stop at 100 iterations
+        fitted = LogisticRegressionCV(**settings).fit(features.astype(dtype), targets)
+    fitted.feature_dtype = dtype
+    return fitted
 
 
 def pooled_features(model, x: torch.Tensor) -> list[torch.Tensor]:
@@ -50,11 +71,17 @@ class Mahalanobis(Detector):
     """
 
     order = 30  # position in the paper's Table 1
+    score_bounds = (-1.0, 0.0)
     recipe = "vanilla"
     Config = MahalanobisConfig
 
     def __init__(self, num_classes, config=None):
         super().__init__(num_classes, config)
+        if self.config.regression not in REGRESSIONS:
+            raise ConfigError(
+                f"unknown Mahalanobis regression '{self.config.regression}' "
+                f"(mahalanobis.regression / --switch mahalanobis_regression: {', '.join(REGRESSIONS)})"
+            )
         self.means: list[torch.Tensor] = []
         self.precisions: list[torch.Tensor] = []
         self.weight = torch.zeros(0)
@@ -143,9 +170,8 @@ class Mahalanobis(Detector):
             m_out = self._batched_layer_scores(model, adv_x, magnitude, data.batch_size)
             features = np.concatenate([m_in[:half], m_out[:half]])
             targets = np.concatenate([np.zeros(half), np.ones(half)])  # 1 = OOD
-            with warnings.catch_warnings():  # scikit-learn's API-transition FutureWarnings; the fit is unchanged
-                warnings.simplefilter("ignore", FutureWarning)
-                regression = LogisticRegressionCV(max_iter=1000).fit(features, targets)
+            regression = fit_regression(features, targets, self.config.regression)
+            m_in, m_out = m_in.astype(regression.feature_dtype), m_out.astype(regression.feature_dtype)
             # deployed score = -P(OOD); FPR@95 on the other 500 + 500
             s_in = -regression.predict_proba(m_in[half:])[:, 1]
             s_out = -regression.predict_proba(m_out[half:])[:, 1]
@@ -180,6 +206,7 @@ class Mahalanobis(Detector):
     def fit_info(self):
         return {
             "magnitude": self.magnitude,
+            "regression": self.config.regression or "converged",
             "tuning_fpr": self.tuning,
             "weights": self.weight.tolist(),
             "bias": self.bias,

@@ -11,6 +11,12 @@ class MSP(Detector):
     """Score: max_i softmax_i(f(x)). Attack: eq. 68, mean_i -log F_i(x) (cross-entropy to uniform)."""
 
     order = 10  # position in the paper's Table 1
+
+    @property
+    def score_bounds(self) -> tuple[float, float]:
+        """The max softmax lies in [1/K, 1] (1/K: uniform, where its gradient vanishes)."""
+        return (1.0 / self.num_classes, 1.0)
+
     recipe = "vanilla"
 
     def score_logits(self, logits):

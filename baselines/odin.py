@@ -55,6 +55,11 @@ class ODIN(Detector):
     tunes_on_aux = True
     Config = ODINConfig
 
+    @property
+    def score_bounds(self) -> tuple[float, float]:
+        """The max softmax lies in [1/K, 1] (1/K: uniform, where its gradient vanishes)."""
+        return (1.0 / self.num_classes, 1.0)
+
     @classmethod
     def resolve_defaults(cls, config, ctx):
         if config.magnitude_source not in ("tuned", "published"):

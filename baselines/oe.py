@@ -27,6 +27,12 @@ class OE(Detector):
     """Loss: CE(in) + lambda * mean OE(out), OE(x) = logsumexp(z) - mean(z). Score: MSP. Attack: eq. 68."""
 
     order = 50  # position in the paper's Table 1
+
+    @property
+    def score_bounds(self) -> tuple[float, float]:
+        """The max softmax lies in [1/K, 1] (1/K: uniform, where its gradient vanishes)."""
+        return (1.0 / self.num_classes, 1.0)
+
     uses_aux = True
     Config = OEConfig
 

@@ -13,18 +13,27 @@ from attacks.pgd import pgd_linf
 from oodbench.data.augment import center_crop
 from oodbench.data.base import ImageSet
 from oodbench.detector import Detector, Stage
+from oodbench.errors import ConfigError
 from oodbench.registry import register_detector
 from oodbench.seeding import numpy_rng
+
+TRAIN_ATTACKS = ("pgd", "released")
 
 
 @dataclass
 class ROWLConfig:
     """A fixed outlier class of `outliers` auxiliary images (None: 5,000 / 500 / 7,325 for CIFAR-10 / CIFAR-100 /
-    SVHN), mixed into the training set; batch 128; loss CE(nat) + lambda * CE(adv) (SPEC section 4)."""
+    SVHN), mixed into the training set; batch 128; loss CE(nat) + lambda * CE(adv) (SPEC section 4).
+
+    `train_attack`: "pgd" attacks every image with targeted PGD (the paper); "released" reproduces the released
+    `LinfPGDAttack(targeted=True, elementwise_best=True)`, whose best-point record starts from the untargeted
+    CE of the clean input (>= 0) and is compared with the targeted -CE (<= 0): no iterate ever replaces it, so the
+    clean image is returned and the loss is CE(nat) + lambda * CE(nat) (SPEC section 4, measured on the code)."""
 
     outliers: int | None = None
     batch: int = 128
     lam: float = 1.0
+    train_attack: str = "pgd"  # "pgd" | "released" (the atom-code preset; --switch rowl_train_attack)
 
     #: the outlier class's size per in-distribution set (SPEC section 4; the built-in digits: ~1/10 of its
     #: training set, as CIFAR-10's 5,000 for 50,000); any other set: a tenth of its training set
@@ -52,6 +61,7 @@ class ROWL(Detector):
     section 1); search score -softmax_{K+1}; attack (eq. 71) -log F_{K+1}; accuracy over all K+1 outputs."""
 
     order = 80  # position in the paper's Table 1
+    score_bounds = (-1.0, 0.0)
     extra_outputs = 1
     uses_aux = True
     fixed_threshold = -0.5
@@ -66,6 +76,11 @@ class ROWL(Detector):
 
     def __init__(self, num_classes, config=None):
         super().__init__(num_classes, config)
+        if self.config.train_attack not in TRAIN_ATTACKS:
+            raise ConfigError(
+                f"unknown ROWL training attack '{self.config.train_attack}' "
+                f"(rowl.train_attack / --switch rowl_train_attack: {', '.join(TRAIN_ATTACKS)})"
+            )
         self.train_pgd = None
 
     def training_set(self, ctx, train):
@@ -87,9 +102,16 @@ class ROWL(Detector):
         epochs, milestones = ctx.profile.schedule(ctx.in_dist.schedule)
         return [Stage("rowl", epochs, milestones, self.config.batch, self.loss)]
 
-    def loss(self, model, x, y, x_out):
+    def adversarial_batch(self, model, x, y):
+        """The training attack's output (see `ROWLConfig.train_attack`)."""
+        if self.config.train_attack == "released":
+            return x  # the released attack's best point is always the clean start
         objective = RetargetingObjective(model, y, self.head_size)
         x_adv, _ = pgd_linf(objective, x, self.train_pgd, model=model, check=False)
+        return x_adv
+
+    def loss(self, model, x, y, x_out):
+        x_adv = self.adversarial_batch(model, x, y)
         logits = model(torch.cat([x, x_adv]))
         n = len(x)
         return F.cross_entropy(logits[:n], y) + self.config.lam * F.cross_entropy(logits[n:], y)

@@ -36,6 +36,7 @@ class SOFL(Detector):
     Score: -sum of reject-class softmax. Attack (eq. 70): -log sum_reject softmax."""
 
     order = 40  # position in the paper's Table 1
+    score_bounds = (-1.0, 0.0)
     uses_aux = True
     Config = SOFLConfig
 

@@ -37,6 +37,11 @@ def load_checkpoint(path: Path | str, map_location="cpu") -> dict[str, Any]:
             f"checkpoint '{path}' cannot be read ({detail}); "
             "it is truncated or not a checkpoint written by oodbench. Delete it to retrain, or pass another file"
         ) from None
+    if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
+        from oodbench.models.released import is_released_payload
+
+        if is_released_payload(payload):  # the released ATOM code's file: converted when loaded into a model
+            return {"format": FORMAT, "meta": {}, "model": payload.get("state_dict", payload), "released": True}
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"checkpoint '{path}' is not an oodbench checkpoint (no '{FORMAT}' header); "

@@ -34,7 +34,9 @@ def default_threats() -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------
 def cmd_list(args) -> int:
-    from oodbench.config import PROFILES, PROTOCOLS
+    import dataclasses
+
+    from oodbench.config import PROFILES, PROTOCOLS, switch_values
     from oodbench.registry import ARCHS, DATASETS, DETECTORS, THREATS
 
     def section(title, entries, extra=lambda e: ""):
@@ -52,7 +54,12 @@ def cmd_list(args) -> int:
     section("threat models", THREATS.entries())
     section("data sets", DATASETS.entries(), lambda e: f"[{','.join(sorted(_roles(e)))}] ")
     section("architectures", ARCHS.entries())
-    print("protocols: " + ", ".join(PROTOCOLS))
+    print("protocols (switches that differ from paper):")
+    paper = switch_values(dataclasses.asdict(PROTOCOLS["paper"]))
+    for name, protocol in PROTOCOLS.items():
+        switches = switch_values(dataclasses.asdict(protocol))
+        changed = {k: v for k, v in switches.items() if k != "name" and v != paper[k]}
+        print(f"  {name:<16s} {', '.join(f'{k}={v}' for k, v in changed.items()) or '(the paper as written)'}")
     print("profiles:  " + ", ".join(PROFILES))
     return 0
 
@@ -153,6 +160,10 @@ def cmd_run(args) -> int:
     print(f"\nrun directory: {run_dir}  (wall time {time.time() - started:.1f} s)")
     if not options.train_only:
         print(summary_table(load_cells([run_dir])))
+        from oodbench.figures import RUN_FIGURE, plot_run
+
+        figure = plot_run([run_dir], run_dir / RUN_FIGURE)
+        print(f"\nfigure (FPR per detector, natural vs attacked): {figure}  (redraw: oodbench plot run {run_dir})")
     return 0
 
 
@@ -165,9 +176,15 @@ def cmd_table(args) -> int:
     cells = load_cells(args.run_dirs)
     metrics = args.metrics
     if args.format == "csv":
-        tidy(cells).to_csv(args.output or sys.stdout, index=False, float_format="%.4f")
+        from oodbench.results import with_flags
+
+        with_flags(tidy(cells), cells).to_csv(args.output or sys.stdout, index=False, float_format="%.4f")
         return 0
-    if args.id:
+    if args.flags:
+        from oodbench.results import flags_report
+
+        text = flags_report(cells, args.format)
+    elif args.id:
         from tabulate import tabulate
 
         frame = id_summary(args.run_dirs)
@@ -248,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--per-ood", action="store_true", help="one row per OOD set instead of the average")
     table.add_argument("--vs-paper", action="store_true", help="measured next to the paper's numbers")
     table.add_argument("--id", action="store_true", help="in-distribution accuracy / FNR / end-to-end (Table 11)")
+    table.add_argument(
+        "--flags",
+        action="store_true",
+        help="per-cell attack diagnostics (zero gradients, saturation, Square vs white-box, eps sweep) and their flags",
+    )
     table.add_argument(
         "--metrics", type=_csv, default=["fpr", "auroc"], help="fpr, auroc, aupr_in, aupr_out, detection_error"
     )

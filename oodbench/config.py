@@ -49,16 +49,24 @@ PROTOCOLS = {
         aux_sampling="contiguous",
         corruption_suite="cifar-c-19",
         densenet_init="atom-code",
-        method_settings={"odin": {"magnitude_source": "published"}, "ccu": {"base_msp": True}},
+        method_settings={
+            "odin": {"magnitude_source": "published"},
+            "ccu": {"base_msp": True, "out_fit": "first"},
+            "mahalanobis": {"regression": "released"},
+            "rowl": {"train_attack": "released"},
+        },
     ),
     "strong": Protocol("strong", adaptive=True),
 }
 
-#: the former protocol switches that are method settings now: `--switch KEY=VALUE` still sets them, as
-#: (method, Config field, {switch value: field value})
+#: the protocol switches that are method settings: `--switch KEY=VALUE` sets them, as
+#: (method, Config field, {switch value: field value}); the first value is the method's default (the paper's)
 METHOD_SWITCHES = {
     "odin_magnitude": ("odin", "magnitude_source", {"tuned": "tuned", "published": "published"}),
     "ccu_score": ("ccu", "base_msp", {"dr": False, "base_msp": True}),
+    "ccu_out_fit": ("ccu", "out_fit", {"uniform": "uniform", "first": "first"}),
+    "mahalanobis_regression": ("mahalanobis", "regression", {"converged": "converged", "released": "released"}),
+    "rowl_train_attack": ("rowl", "train_attack", {"pgd": "pgd", "released": "released"}),
 }
 
 #: protocol switches that change training (part of the checkpoint key); the rest only change evaluation
@@ -84,6 +92,7 @@ class Profile:
     train_pgd: PGDConfig = PGDConfig(steps=5, step_size=2 / 255)
     apgd_steps: int = 100  # `strong` protocol: APGD iterations and restarts per objective (SPEC section 6)
     apgd_restarts: int = 5
+    square_queries: int = 5000  # `strong` protocol: Square attack queries per image (SPEC section 6: 5,000)
 
     def schedule(self, kind: str) -> tuple[int, tuple[int, ...]]:
         """(epochs, milestones) for an in-dist schedule kind ("cifar" or "svhn")."""
@@ -123,8 +132,63 @@ PROFILES = {
         eval_batch=256,
         apgd_steps=25,
         apgd_restarts=1,
+        square_queries=300,
     ),
 }
+
+
+#: what each switch changes, for `oodbench table --show protocol` and `oodbench list` (SPEC sections 3-6)
+SWITCH_MEANINGS = {
+    "aux_sampling": "auxiliary stream per epoch (SPEC 3)",
+    "corruption_suite": "corruption types of the corruption attack (SPEC 6)",
+    "odin_magnitude": "ODIN's preprocessing magnitude (SPEC 4)",
+    "ccu_score": "what CCU scores (SPEC 4)",
+    "ccu_out_fit": "auxiliary images CCU's out-mixture is fitted on (SPEC 4)",
+    "mahalanobis_regression": "Mahalanobis' LogisticRegressionCV settings (SPEC 4)",
+    "densenet_init": "DenseNet conv init: standard He | atom-code N(0, 2/16), the released scoping quirk (SPEC 3)",
+    "rowl_train_attack": "ROWL's training attack: pgd | released (clean images, the released bug) (SPEC 4)",
+    "adaptive": "strong attacks: APGD, restarts, deployed-score objectives (SPEC 6)",
+    "tune_split": "tuning images of ODIN and Mahalanobis (SPEC 4)",
+}
+
+
+def method_switch_values(method_settings: dict) -> dict[str, object]:
+    """The value of each of `METHOD_SWITCHES` under a protocol's method presets (the method's default where
+    the protocol presets nothing); a preset value no switch names is shown as is."""
+    values = {}
+    for key, (method, setting, mapping) in METHOD_SWITCHES.items():
+        preset = (method_settings or {}).get(method, {})
+        if setting not in preset:
+            values[key] = next(iter(mapping))
+            continue
+        names = [name for name, value in mapping.items() if value == preset[setting]]
+        values[key] = names[0] if names else preset[setting]
+    return values
+
+
+def switch_values(recorded: dict) -> dict[str, object]:
+    """Every switch of a protocol (as `dataclasses.asdict` or run.json records it) by its `--switch` name: the
+    protocol's own fields, then its method presets under their `METHOD_SWITCHES` names."""
+    values = {k: v for k, v in recorded.items() if k != "method_settings"}
+    for key, value in method_switch_values(recorded.get("method_settings", {})).items():
+        values.setdefault(key, value)  # a run.json from when the switch was a protocol field keeps its value
+    return values
+
+
+def protocol_lines(switches: dict) -> list[str]:
+    """One line per protocol switch of a run's recorded protocol: value, meaning, and the `paper` value where
+    it differs (so e.g. the DenseNet init quirk of `atom-code` is named, not hidden in a dict). Method presets
+    are shown by their switch names (`METHOD_SWITCHES`)."""
+    paper = switch_values(dataclasses.asdict(PROTOCOLS["paper"]))
+    shown = switch_values(switches)
+    lines = [f"protocol.name = {shown.get('name')}"]
+    for key, value in shown.items():
+        if key == "name":
+            continue
+        differs = f"  [paper: {paper[key]}]" if key in paper and paper[key] != value else ""
+        meaning = f"  # {SWITCH_MEANINGS[key]}" if key in SWITCH_MEANINGS else ""
+        lines.append(f"protocol.{key} = {value}{differs}{meaning}")
+    return lines
 
 
 def get_protocol(name: str) -> Protocol:

@@ -97,6 +97,8 @@ class TrainingRecipe:
     #: trains with auxiliary outliers (the run then needs an auxiliary pool)
     uses_aux: ClassVar[bool] = False
     num_classes: int
+    #: bumped when the training recipe changes, so that checkpoints trained by the old one are not reused
+    training_version: ClassVar[int] = 1
 
     def build_model(self, ctx: BuildContext, base: nn.Module) -> nn.Module:
         """The network trained and checkpointed for this method (CCU wraps `base` with its mixtures)."""
@@ -156,6 +158,9 @@ class ScoringRule:
 
     #: a fixed acceptance threshold (ROWL's binary decision, SPEC section 1); None = 95 % TPR on in-dist
     fixed_threshold: ClassVar[float | None] = None
+    #: the float32 range of the deployed score (lowest = most OOD), e.g. (-1, 0) for -P(OOD); None: unbounded.
+    #: The attack diagnostics report the share of OOD scores stuck at a bound (saturated: no gradient signal)
+    score_bounds: ClassVar[tuple[float, float] | None] = None
     name: ClassVar[str] = ""
     num_classes: int
     extra_outputs: ClassVar[int] = 0

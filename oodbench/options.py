@@ -88,7 +88,11 @@ class RunOptions:
         factory=lambda: ["msp"],
         help="comma-separated detectors, 'all' (the paper's ten), 'posthoc' (seven beyond the paper); `oodbench list`",
     )
-    in_dist: str = option("digits", "--in", help="in-distribution data set (default: the built-in 'digits' benchmark)")
+    in_dist: str = option(
+        "shapes",
+        "--in",
+        help="in-distribution data set (default: the built-in 'shapes' benchmark; the older built-in: 'digits')",
+    )
     ood: list[str] | None = option(type=parse_csv, help="OOD test sets (default: the in-dist set's six)")
     threats: list[str] = option(
         type=parse_csv,
@@ -153,6 +157,10 @@ class RunOptions:
         None, "--pgd-step", type=parse_pixels, metavar="PGD_STEP", help="PGD step size (paper: 1/255)"
     )
     pgd_eps: float | None = option(type=parse_pixels, help="L-inf radius (paper: 8/255)")
+    square_queries: int | None = option(
+        type=int,
+        help="strong protocol: Square attack queries per image (profile paper: 5000, smoke: 300; 0: no Square)",
+    )
     batch_size: int | None = option(type=int, help="evaluation / attack batch size")
     cache_dir: str | None = option(help="cache of corruption variants (default: ~/.cache/oodbench)")
     epochs: int | None = option(type=int, help="override the profile's epochs (lr steps at 50/75/90%%)")

@@ -5,6 +5,9 @@
 - `summary_table(...)`: Table 1's layout: methods x threat models, FPR and AUROC averaged over OOD sets,
   best in bold. `per_ood=True` gives one row per OOD set (Tables 12-14).
 - `vs_paper(...)`: measured next to the paper's reported value (SPEC section 7).
+- attack-diagnostic flags (`attacks.diagnostics`): a flagged cell is marked in every table (markdown and LaTeX
+  with a dagger and a legend, the tidy CSV with a `flags` column); `flags_report` lists every cell's diagnostics
+  (`oodbench table --flags`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 from tabulate import tabulate
 
+from attacks.diagnostics import EPS_SWEEP, FLAGS
 from oodbench.errors import ConfigError
 from oodbench.metrics import OOD_METRICS
 from oodbench.registry import DETECTORS, THREATS, threat_order, threat_title
@@ -125,22 +129,28 @@ def _best_mask(table: pd.DataFrame) -> pd.DataFrame:
     return mask
 
 
-def render(table: pd.DataFrame, fmt: str, title: str = "") -> str:
-    """Markdown or LaTeX text of a wide table, two decimals, best values in bold."""
+def render(table: pd.DataFrame, fmt: str, title: str = "", marks: pd.DataFrame | None = None) -> str:
+    """Markdown or LaTeX text of a wide table, two decimals, best values in bold; `marks` (same shape) appends a
+    mark to values (the attack-diagnostic flags, `table_marks`)."""
     if table.empty:
         return "(no cells)"
     bold = _best_mask(table)
+    if marks is None:
+        marks = pd.DataFrame("", index=table.index, columns=table.columns)
     arrows = {m: ("↓" if m in LOWER_IS_BETTER else "↑") for m in METRIC_TITLES}
 
-    def cell(value, is_best):
+    def cell(value, is_best, mark=""):
         if pd.isna(value):
             return "-"
         text = f"{value:.2f}"
         if not is_best:
-            return text
-        return f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**"
+            return text + mark
+        return (f"\\textbf{{{text}}}" if fmt == "latex" else f"**{text}**") + mark
 
-    body = [[*key, *[cell(table.loc[key, c], bold.loc[key, c]) for c in table.columns]] for key in table.index]
+    body = [
+        [*key, *[cell(table.loc[key, c], bold.loc[key, c], marks.loc[key, c]) for c in table.columns]]
+        for key in table.index
+    ]
     index_titles = [n.replace("_", "-") for n in table.index.names]
     if fmt == "latex":
         return _latex(table, body, index_titles, title)
@@ -188,7 +198,12 @@ def summary_table(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "a
     """The rendered Table 1 layout (or the per-OOD-set view) of a set of cells."""
     long = tidy(cells, metrics)
     caption = ("Per OOD set" if per_ood else "Averaged over OOD sets") + " (values in %; best in bold)"
-    return render(wide(long, metrics, per_ood), fmt, title=caption)
+    table = wide(long, metrics, per_ood)
+    marks, legend = table_marks(table, cells, fmt)
+    text = render(table, fmt, title=caption, marks=marks)
+    if not legend:
+        return text
+    return text + ("\n% " if fmt == "latex" else "\n\n") + legend
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -330,6 +345,11 @@ def show_provenance(run_dirs, keys: Iterable[str]) -> str:
             if key == "all":
                 out.append(json.dumps(record, indent=2, sort_keys=True))
                 continue
+            if key == "protocol" and isinstance(record.get("protocol"), dict):
+                from oodbench.config import protocol_lines
+
+                out.extend(protocol_lines(record["protocol"]))
+                continue
             value = record
             for part in key.split("."):
                 if not isinstance(value, dict) or part not in value:
@@ -337,3 +357,102 @@ def show_provenance(run_dirs, keys: Iterable[str]) -> str:
                 value = value[part]
             out.append(f"{key} = {json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value}")
     return "\n".join(out)
+
+
+# --- attack-diagnostic flags ---------------------------------------------------------------------------------
+
+MARK = {"markdown": "†", "latex": "$^\\dagger$"}
+
+
+def _flag_list(value) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return []
+
+
+def cell_flags(cells: pd.DataFrame) -> pd.DataFrame:
+    """in_dist, method (labelled as in the tables), ood_set, threat, flags (comma-separated; '' when none), with
+    one `average` row per (in_dist, method, threat) carrying the union over its OOD sets."""
+    cells = _labelled(cells)
+    flags = cells["flags"] if "flags" in cells else pd.Series([[]] * len(cells), index=cells.index)
+    frame = cells[["in_dist", "method", "ood_set", "threat"]].copy()
+    frame["flags"] = [set(_flag_list(v)) for v in flags]
+    per_set = frame.groupby(["in_dist", "method", "ood_set", "threat"], as_index=False)["flags"].agg(
+        lambda s: set().union(*s)
+    )
+    average = per_set.groupby(["in_dist", "method", "threat"], as_index=False)["flags"].agg(lambda s: set().union(*s))
+    average["ood_set"] = "average"
+    out = pd.concat([per_set, average[per_set.columns]], ignore_index=True)
+    out["flags"] = out["flags"].map(lambda s: ",".join(sorted(s, key=list(FLAGS).index)))
+    return out
+
+
+def with_flags(long: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The tidy long form with a `flags` column (the CSV of `oodbench table --format csv`)."""
+    merged = long.merge(cell_flags(cells), on=["in_dist", "method", "ood_set", "threat"], how="left")
+    merged["flags"] = merged["flags"].fillna("")
+    return merged
+
+
+def table_marks(table: pd.DataFrame, cells: pd.DataFrame, fmt: str) -> tuple[pd.DataFrame, str]:
+    """A mark per value of a wide table (`oodbench.results.wide`) whose cell is flagged, and the legend."""
+    flags = cell_flags(cells).set_index(["in_dist", "method", "ood_set", "threat"])["flags"]
+    marks = pd.DataFrame("", index=table.index, columns=table.columns)
+    seen: set[str] = set()
+    for key in table.index:
+        in_dist, method = key[0], key[1]
+        ood_set = key[2] if "ood_set" in table.index.names else "average"
+        for column in table.columns:
+            text = flags.get((in_dist, method, ood_set, column[0]), "")
+            if text:
+                marks.loc[key, column] = MARK.get(fmt, "†")
+                seen.update(text.split(","))
+    if not seen:
+        return marks, ""
+    legend = "; ".join(f"{name}: {FLAGS[name]}" for name in FLAGS if name in seen)
+    mark = "\\dagger" if fmt == "latex" else "†"
+    return marks, f"{mark} attack diagnostics flagged the cell ({legend}); see `oodbench table --flags`"
+
+
+def flags_report(cells: pd.DataFrame, fmt: str = "markdown") -> str:
+    """One row per cell: FPR, the diagnostics (in %) and the flags (`oodbench table --flags`)."""
+    cells = _labelled(cells)
+    rows = []
+    order = {m: i for i, m in enumerate(_method_order(cells["method"]))}
+    cells = cells.assign(_m=cells["method"].map(order)).sort_values(["in_dist", "_m", "ood_set", "threat"])
+    for _, cell in cells.iterrows():
+        diag = cell.get("diagnostics")
+        diag = diag if isinstance(diag, dict) else {}
+        sweep = diag.get("eps_sweep") or {}
+
+        def pct(name: str, diag: dict = diag) -> str:
+            value = diag.get(name)
+            return "-" if value is None else f"{value:.1f}"
+
+        rows.append(
+            [
+                cell["in_dist"],
+                cell["method"],
+                cell["ood_set"],
+                cell["threat"],
+                f"{cell['fpr']:.2f}",
+                pct("zero_grad"),
+                pct("saturated"),
+                pct("black_box_wins"),
+                " ".join(f"{e}:{sweep[str(e)]:.0f}" for e in EPS_SWEEP if str(e) in sweep) or "-",
+                ",".join(_flag_list(cell.get("flags"))) or "-",
+            ]
+        )
+    headers = [
+        "in-dist",
+        "method",
+        "ood-set",
+        "threat",
+        "FPR",
+        "zero-grad %",
+        "saturated %",
+        "bb-wins %",
+        "FPR by eps (x/255)",
+        "flags",
+    ]
+    return tabulate(rows, headers=headers, tablefmt="latex" if fmt == "latex" else "pipe", disable_numparse=True)

@@ -19,12 +19,21 @@ import numpy as np
 import torch
 
 from attacks.base import AttackContext
+from attacks.diagnostics import cell_diagnostics
 from attacks.pgd import PGDConfig
 from oodbench import __version__
 from oodbench.accel import check_precision, fp32_scoring, maybe_compile
 from oodbench.cachedir import cache_root
 from oodbench.checkpoint import check_meta, file_sha256, load_checkpoint
-from oodbench.config import METHOD_SWITCHES, TRAINING_SWITCHES, Profile, Protocol, get_profile, get_protocol
+from oodbench.config import (
+    METHOD_SWITCHES,
+    TRAINING_SWITCHES,
+    Profile,
+    Protocol,
+    get_profile,
+    get_protocol,
+    switch_values,
+)
 from oodbench.data import center_crop, load_aux, load_in_distribution, load_ood
 from oodbench.data.base import AuxPool, ImageSet, InDistribution
 from oodbench.detector import BuildContext, Detector, FitData
@@ -163,7 +172,8 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
     run_dir = Path(options.out) if options.out else default_run_dir(options)
     method_plans = plan_methods(options, protocol, profile, names, data, build, run_dir)
     cells = plan_cells(options, protocol, profile, pgd, names, data, method_plans, run_dir)
-    record = run_record(options, protocol, profile, names, data, pgd, method_plans)
+    attacks = attack_record(_attack_context(options, protocol, profile, pgd, names.device, run_dir))
+    record = run_record(options, protocol, profile, names, data, pgd, method_plans, attacks)
     _check_run_dir(run_dir, record)
     return RunPlan(
         options,
@@ -221,6 +231,8 @@ def resolve_names(options: RunOptions, profile: Profile) -> ResolvedNames:
     if not arch.startswith("timm/"):
         ARCHS.entry(arch)
     device = resolve_device(options.device)
+    if options.square_queries is not None and options.square_queries < 0:
+        raise ConfigError(f"--square-queries {options.square_queries}: give a number of queries >= 0 (0: no Square)")
     try:
         check_precision(options.precision, device)
     except ValueError as error:
@@ -340,16 +352,25 @@ def plan_methods(
                 "init": init_hash,
                 "lr": options.lr,
                 "version": 1,
+                # a detector whose training changed bumps its own `training_version`: the other keys stay valid
+                **({"training_version": cls.training_version} if cls.training_version != 1 else {}),
             }
         )
         checkpoint = Path(options.checkpoints[name]) if name in options.checkpoints else None
         if checkpoint is not None:
             payload = load_checkpoint(checkpoint)  # CheckpointError now, not after an hour of other work
-            check_meta(
-                checkpoint,
-                payload["meta"],
-                {"recipe": recipe, "arch": arch, "num_classes": in_dist.num_classes, "head_size": detector.head_size},
-            )
+            # a released-code checkpoint has no metadata: its tensors are checked against the model when loaded
+            if not payload.get("released"):
+                check_meta(
+                    checkpoint,
+                    payload["meta"],
+                    {
+                        "recipe": recipe,
+                        "arch": arch,
+                        "num_classes": in_dist.num_classes,
+                        "head_size": detector.head_size,
+                    },
+                )
             train_key = "ckpt-" + file_sha256(checkpoint)[:16]
         fit_key = config_hash(
             {
@@ -446,8 +467,10 @@ def run_record(
     data: RunData,
     pgd: PGDConfig,
     method_plans: list[MethodPlan],
+    attacks: dict[str, Any],
 ) -> dict[str, Any]:
-    """What run.json records of a plan: the command, resolved settings, keys and data fingerprints."""
+    """What run.json records of a plan: the command, resolved settings, every attack (`attack_record`), keys
+    and data fingerprints."""
     return {
         "oodbench_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -458,6 +481,7 @@ def run_record(
         "in_dist": data.in_dist.name,
         "seed": options.seed,
         "pgd": dataclasses.asdict(pgd),
+        "attacks": attacks,
         "methods": {
             m.name: {
                 "recipe": m.recipe,
@@ -489,8 +513,31 @@ def _attack_context(
         precision=options.precision,
         apgd_steps=profile.apgd_steps,
         apgd_restarts=profile.apgd_restarts,
+        square_queries=options.square_queries if options.square_queries is not None else profile.square_queries,
         progress=options.progress,
     )
+
+
+def attack_record(ctx: AttackContext) -> dict[str, Any]:
+    """Every attack of the run's protocol with its settings (run.json `attacks`; SPEC section 6)."""
+    from attacks.diagnostics import BLACK_BOX_SLACK, EPS_SWEEP, LARGE_EPS, LARGE_EPS_MIN_FPR
+    from attacks.strong import APGD_OBJECTIVES, square_config
+
+    record: dict[str, Any] = {
+        "pgd": {**dataclasses.asdict(ctx.pgd), "objective": "attack"},
+        "corruption": {"suite": ctx.corruption_suite, "seed": ctx.corruption_seed, "objective": "search_score"},
+        "diagnostics": {"images": ctx.diagnostics_images, "zero_grad": True, "saturation": True},
+    }
+    if ctx.adaptive:
+        record["apgd"] = {"steps": ctx.apgd_steps, "restarts": ctx.apgd_restarts, "objectives": list(APGD_OBJECTIVES)}
+        if ctx.square_queries > 0:
+            record["square"] = {**dataclasses.asdict(square_config(ctx)), "objective": "score"}
+        record["diagnostics"].update(
+            eps_sweep=list(EPS_SWEEP),
+            large_eps={"eps": LARGE_EPS, "min_fpr": LARGE_EPS_MIN_FPR},
+            black_box_slack=BLACK_BOX_SLACK,
+        )
+    return record
 
 
 IDENTITY_FIELDS = ("in_dist", "seed", "arch")
@@ -506,12 +553,15 @@ def _check_run_dir(run_dir: Path, record: dict[str, Any]) -> None:
     except (OSError, json.JSONDecodeError):
         raise ConfigError(f"'{path}' is unreadable; move the directory away or pass another --out") from None
     wrong = []
-    if (
-        existing.get("protocol", {}).get("name") != record["protocol"]["name"]
-        or existing.get("protocol") != record["protocol"]
-    ):
+    before, now = switch_values(existing.get("protocol", {})), switch_values(record["protocol"])
+    if before.get("name") != now["name"]:
+        wrong.append(f"protocol {before.get('name')!r} (this run: {now['name']!r})")
+    elif before != now:  # same name, other switches (e.g. a switch a newer oodbench added): say which (method
+        # presets by their switch names, so a run.json written before a switch became a preset still matches)
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         wrong.append(
-            f"protocol {existing.get('protocol', {}).get('name')!r} (this run: {record['protocol']['name']!r})"
+            "protocol switches "
+            + ", ".join(f"{k}={before.get(k, '(absent)')!r} (this run: {now.get(k, '(absent)')!r})" for k in changed)
         )
     if existing.get("profile", {}).get("name") != record["profile"]["name"]:
         wrong.append(f"profile {existing.get('profile', {}).get('name')!r} (this run: {record['profile']['name']!r})")
@@ -658,7 +708,13 @@ def obtain_model(plan: RunPlan, method: MethodPlan, log) -> torch.nn.Module:
     )
     if method.checkpoint is not None:
         model = build_network(dataclasses.replace(job, init=None))
-        model.load_state_dict(load_checkpoint(method.checkpoint)["model"])
+        payload = load_checkpoint(method.checkpoint)
+        state = payload["model"]
+        if payload.get("released"):
+            from oodbench.models.released import convert_released_state
+
+            state = convert_released_state(state, model, str(method.checkpoint))
+        model.load_state_dict(state)
         return model.to(plan.device).eval()
     with file_lock(method.checkpoint_dir / ".lock"):
         model = train(job)
@@ -791,6 +847,25 @@ def in_distribution_under_attack(plan: RunPlan, method: MethodPlan, model, id_re
     return fnr
 
 
+def threat_in_distribution_scores(plan: RunPlan, method: MethodPlan, model, threat, memo: dict | None):
+    """The in-dist test scores under `threat` (float32 numpy), or None when it attacks OOD inputs only; computed
+    once per detector and threat model (its seed does not depend on the OOD set) and shared through `memo`."""
+    key = ("in-distribution under", threat.name)
+    if memo is not None and key in memo:
+        return memo[key]
+    ctx = _attack_context(plan.options, plan.protocol, plan.profile, plan.pgd, plan.device, plan.run_dir)
+    ctx.seed = derive_seed(plan.options.seed, "in-dist", threat.name)
+    ctx.label = f"{method.name}/in-dist"
+    if memo is not None:
+        ctx.memo = memo
+        ctx.attack_model = memo.get("attack_model")
+    scores = threat.in_distribution_scores(method.detector, model, plan.test.images.to(plan.device), ctx)
+    result = None if scores is None else scores.float().cpu().numpy()
+    if memo is not None:
+        memo[key] = result
+    return result
+
+
 def evaluate_cell(
     plan: RunPlan,
     method: MethodPlan,
@@ -810,30 +885,37 @@ def evaluate_cell(
     if memo is not None:
         ctx.memo = memo
         ctx.attack_model = memo.get("attack_model")
+    ctx.per_attack = {} if ctx.adaptive else None  # the worst case's per-attack scores, for the diagnostics
     ood_scores = threat.scores(method.detector, model, images, ctx).float().cpu().numpy()
     crash_point(f"attack:{cell.threat}")
     detector = method.detector
-    metrics = ood_metrics(id_record["scores"], ood_scores, threshold=detector.fixed_threshold)
+    attacked_id = threat_in_distribution_scores(plan, method, model, threat, memo)
+    id_scores = id_record["scores"] if attacked_id is None else attacked_id
+    threshold = detector.fixed_threshold if detector.fixed_threshold is not None else threshold_at_tpr(id_scores)
+    metrics = ood_metrics(id_scores, ood_scores, threshold=detector.fixed_threshold)
     id_part = id_metrics(
         id_record["scores"], id_record["predictions"], id_record["labels"], threshold=detector.fixed_threshold
     )
+    checks = cell_diagnostics(threat, detector, model, images, ood_scores, id_scores, threshold, ctx, ctx.per_attack)
     row = {
         **cell.row,
         **metrics,
         **{k: id_part[k] for k in ("id_accuracy", "fnr", "e2e_accuracy")},
-        "threshold": detector.fixed_threshold
-        if detector.fixed_threshold is not None
-        else threshold_at_tpr(id_record["scores"]),
+        "threshold": threshold,
+        "id_attacked": attacked_id is not None,
+        **checks,
         "n_id": int(len(id_record["scores"])),
         "n_ood": int(len(ood_scores)),
         "seconds": round(time.time() - started, 3),
         "device": str(plan.device),
     }
-    write_npz(plan.layout.cell_scores(cell.key), ood_scores=ood_scores.astype(np.float32))
+    extra = {} if attacked_id is None else {"id_scores": attacked_id.astype(np.float32)}
+    write_npz(plan.layout.cell_scores(cell.key), ood_scores=ood_scores.astype(np.float32), **extra)
     crash_point(f"write:{cell.threat}")
     write_json(plan.layout.cell_row(cell.key), row)
     log(
         f"[{method.name}] {cell.ood_set:>14s} {cell.threat:<10s} "
         f"FPR {metrics['fpr']:6.2f}  AUROC {metrics['auroc']:6.2f}  ({row['seconds']:.1f} s)"
+        + (f"  flags: {', '.join(row['flags'])}" if row["flags"] else "")
     )
     return row

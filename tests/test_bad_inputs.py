@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 
@@ -172,3 +173,35 @@ def test_run_directory_of_another_protocol_is_refused_and_untouched(tmp_path, ca
     code, err = run(capsys, "run", "--methods", "msp", "--out", str(out), *TINY)
     assert code == 2 and "belongs to another run" in err
     assert (out / "run.json").read_text() == before and not (out / "cells").exists()
+
+
+def test_run_directory_with_other_switches_names_them(tmp_path, capsys):
+    """Same protocol name, other switches (e.g. written by an older oodbench without a newer switch): the message
+    names the switch that differs instead of 'protocol paper (this run: paper)'."""
+    from oodbench.config import PROTOCOLS
+
+    recorded = {k: v for k, v in dataclasses.asdict(PROTOCOLS["paper"]).items() if k != "tune_split"}
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"protocol": recorded, "profile": {"name": "smoke"}}))
+    code, err = run(capsys, "run", "--methods", "msp", "--out", str(out), *TINY)
+    assert code == 2 and "belongs to another run" in err
+    assert "tune_split='(absent)' (this run: 'test')" in err
+
+
+def test_run_json_with_method_switches_as_protocol_fields_still_matches(tmp_path, capsys):
+    """A run.json written when `rowl_train_attack` etc. were protocol fields (no `method_settings`) has the same
+    switches as today's paper protocol: only the other identity fields may differ, never the protocol."""
+    from oodbench.config import PROTOCOLS
+
+    recorded = {k: v for k, v in dataclasses.asdict(PROTOCOLS["paper"]).items() if k != "method_settings"}
+    recorded.update(rowl_train_attack="pgd", mahalanobis_regression="converged", ccu_out_fit="uniform")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"protocol": recorded, "profile": {"name": "smoke"}}))
+    code, err = run(capsys, "run", "--methods", "msp", "--out", str(out), *TINY)
+    assert code == 2 and "belongs to another run" in err and "protocol" not in err.split("another run:")[1]
+    recorded["rowl_train_attack"] = "released"  # an atom-code switch under the paper's name: refused, named
+    (out / "run.json").write_text(json.dumps({"protocol": recorded, "profile": {"name": "smoke"}}))
+    code, err = run(capsys, "run", "--methods", "msp", "--out", str(out), *TINY)
+    assert code == 2 and "rowl_train_attack='released' (this run: 'pgd')" in err

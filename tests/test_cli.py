@@ -45,6 +45,7 @@ def test_list_shows_every_detector_threat_and_ablation(capsys):
         "linf",
         "corruption",
         "comp",
+        "linf-joint",
         "digits",
         "cifar10",
         "densenet100",
@@ -102,6 +103,9 @@ def test_run_table_and_resume(capsys, tmp_path, cache):
     for key in ("fpr", "auroc", "aupr_in", "aupr_out", "detection_error", "id_accuracy", "fnr", "e2e_accuracy"):
         assert 0.0 <= row[key] <= 100.0
     assert (out_dir / "run.json").exists()
+    # after the table, the run names the figure it drew (grouped FPR bars per threat model)
+    assert f"figure (FPR per detector, natural vs attacked): {out_dir / 'fpr_by_threat.png'}" in out
+    assert (out_dir / "fpr_by_threat.png").read_bytes()[:4] == b"\x89PNG"
     mtimes = {p: p.stat().st_mtime_ns for p in cells}
     # a rerun of the same command finds every cell finished and computes nothing
     code, out, err = _run(
@@ -118,11 +122,28 @@ def test_run_table_and_resume(capsys, tmp_path, cache):
     assert code == 0 and "tiles" in out
     code, out, _ = _run(capsys, "table", str(out_dir), "--format", "csv")
     frame = pd.read_csv(io.StringIO(out))
-    assert list(frame.columns) == ["in_dist", "method", "ood_set", "threat", "metric", "value"]
+    assert list(frame.columns) == ["in_dist", "method", "ood_set", "threat", "metric", "value", "flags"]
     assert set(frame["ood_set"]) == {"tiles", "average"}
     assert set(frame["metric"]) == {"fpr", "auroc", "aupr_in", "aupr_out", "detection_error"}
     code, out, _ = _run(capsys, "table", str(out_dir), "--show", "protocol.name,pgd.steps")
     assert "protocol.name = paper" in out and "pgd.steps = 2" in out
+    code, out, _ = _run(capsys, "table", str(out_dir), "--show", "protocol")
+    assert "protocol.densenet_init = standard  # DenseNet conv init" in out and "rowl_train_attack = pgd" in out
+
+
+def test_protocol_switches_are_named_with_the_paper_value_where_they_differ(capsys):
+    """The DenseNet init quirk and the other atom-code switches are listed one by one (issue 12, point 7)."""
+    import dataclasses
+
+    from oodbench.config import get_protocol, protocol_lines
+
+    lines = protocol_lines(dataclasses.asdict(get_protocol("atom-code")))
+    assert any(line.startswith("protocol.densenet_init = atom-code  [paper: standard]") for line in lines)
+    assert any(line.startswith("protocol.rowl_train_attack = released  [paper: pgd]") for line in lines)
+    assert not any("[paper:" in line for line in protocol_lines(dataclasses.asdict(get_protocol("paper"))))
+    code, out, _ = _run(capsys, "list")
+    atom_code = next(line for line in out.splitlines() if line.strip().startswith("atom-code"))
+    assert code == 0 and "densenet_init=atom-code" in atom_code and "rowl_train_attack=released" in atom_code
 
 
 def test_a_results_directory_of_another_protocol_is_refused(capsys, tmp_path, cache):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from oodbench.data import builtin
+from oodbench.data import builtin, shapes
 from oodbench.data.base import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -338,7 +338,7 @@ _register(
 # --------------------------------------------------------------------------------------------------------------
 # built-in benchmark
 
-_BUILTIN = "built into the dependencies (scikit-learn, scikit-image, imagecorruptions): nothing to obtain"
+_BUILTIN = "built into the dependencies (scikit-learn, scikit-image, imagecorruptions, matplotlib): nothing to obtain"
 _register(
     DatasetSpec(
         "digits",
@@ -373,6 +373,44 @@ _register(
         sizes={"aux": builtin.PHOTOS_SIZE},
     ),
     "built-in auxiliary pool: 5,000 photo crops",
+)
+
+
+_register(
+    DatasetSpec(
+        "shapes",
+        "in",
+        shapes.load_shapes_in,
+        "(built-in) 10 classes of coloured objects on photo crops, 32x32 RGB, 1,300 train / 500 test",
+        obtain=_BUILTIN,
+        builtin=True,
+        sizes={"in": 1800},
+    ),
+    "built-in shapes (default in-dist, 10 classes, 1,300 / 500)",
+)
+_register(
+    DatasetSpec(
+        "photo_digits",
+        "ood",
+        shapes.load_photo_digits,
+        "(built-in) handwritten digits on the shapes' photo backgrounds (SVHN-like near OOD)",
+        obtain=_BUILTIN,
+        builtin=True,
+        sizes={"ood": shapes.PHOTO_DIGITS_SIZE},
+    ),
+    "built-in OOD set: handwritten digits on photo backgrounds",
+)
+_register(
+    DatasetSpec(
+        "shape_aux",
+        "aux",
+        shapes.load_shape_aux,
+        "(built-in) 5,000 photo crops disjoint from the shapes' and every built-in OOD set's pixels",
+        obtain=_BUILTIN,
+        builtin=True,
+        sizes={"aux": shapes.SHAPE_AUX_SIZE},
+    ),
+    "built-in auxiliary pool for shapes: 5,000 photo crops",
 )
 
 

@@ -168,8 +168,10 @@ def cmd_plot_boundary(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    """Add `oodbench plot {boundary}` to the CLI (recorded with oodbench.commands.add_command)."""
-    plot = subparsers.add_parser("plot", help="figures (boundary: the paper's Figure 2 toy example)")
+    """Add `oodbench plot {boundary,run,samples}` to the CLI (recorded with oodbench.commands.add_command)."""
+    plot = subparsers.add_parser(
+        "plot", help="figures (boundary: the paper's Figure 2 toy; run: FPR bars of a run; samples: built-in images)"
+    )
     figures = plot.add_subparsers(dest="figure", required=True, metavar="FIGURE")
     boundary = figures.add_parser(
         "boundary",
@@ -187,6 +189,9 @@ def register(subparsers) -> None:
     )
     boundary.add_argument("--epochs", type=int, default=None, help="training epochs (default: 30)")
     boundary.set_defaults(func=cmd_plot_boundary)
+    from oodbench.figures import add_figure_parsers
+
+    add_figure_parsers(figures)  # `plot run`, `plot samples`
 
 
 add_command(register)

@@ -46,7 +46,15 @@ def _objective(model):
 
 def _ctx(**changes):
     return dataclasses.replace(
-        AttackContext(batch_size=16, seed=3, pgd=PGDConfig(steps=5), apgd_steps=8, apgd_restarts=2, progress=False),
+        AttackContext(
+            batch_size=16,
+            seed=3,
+            pgd=PGDConfig(steps=5),
+            apgd_steps=8,
+            apgd_restarts=2,
+            square_queries=40,
+            progress=False,
+        ),
         **changes,
     )
 
@@ -73,6 +81,21 @@ def test_invariants_grid_and_objective_at_least_clean():
     assert apgd_linf(_objective(model), edge, 8 / 255, 4, generator=torch.Generator().manual_seed(0))[0].min() >= 0
     x0, _ = apgd_linf(_objective(model), x, 0.0, 4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x0, x)
+
+
+def test_apgd_reaches_the_optimum_of_a_linear_objective():
+    """Can fail, unlike `obj >= clean`: on <w, x> the best point is x + eps * sign(w) on the grid."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(20, 236, (6, 3, 8, 8), generator=g).float() / 255
+    w = torch.randn(1, 3, 8, 8, generator=g)
+
+    def objective(z):
+        return (z * w).flatten(1).sum(dim=1)
+
+    optimum = x + 8 / 255 * w.sign()
+    x_adv, obj = apgd_linf(objective, x, 8 / 255, steps=20, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(x_adv, optimum, atol=1e-6)
+    assert torch.allclose(obj, objective(optimum), atol=1e-4)
 
 
 def test_round_to_grid_stays_in_the_ball():

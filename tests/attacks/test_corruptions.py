@@ -33,6 +33,7 @@ from attacks.corruptions import (
 from attacks.corruptions import cache as cache_mod
 from attacks.corruptions.cifar import (
     DETERMINISTIC,
+    MOTION_BLUR,
     ZOOM_BLUR,
     _clipped_zoom,
     _motion_blur_magick,
@@ -151,7 +152,7 @@ def test_reference_quirks(reference):
     assert mac["saturate"][0] > mac["saturate"][2] and mac["saturate"][1] > mac["saturate"][2]  # 1-2 desaturate
     assert mac["frost"][2] > mac["frost"][3] > mac["frost"][4]
     assert mac["glass_blur"][1] > mac["glass_blur"][2] and mac["glass_blur"][3] > mac["glass_blur"][4]
-    assert mac["motion_blur"][2] > mac["motion_blur"][3]  # severities 3 and 4 share (10, 2): only the angle differs
+    assert mac["motion_blur"][2] > mac["motion_blur"][3]  # severities 3 and 4 share sigma 2: the angle decides
     assert mac["spatter"][2] > mac["spatter"][3]  # water (1-3) -> mud (4-5)
     for name in (
         "gaussian_noise",
@@ -191,7 +192,7 @@ def test_quirks_are_structural(images):
         assert change("frost", 3, draw) > change("frost", 4, draw) > change("frost", 5, draw)
         assert change("spatter", 3, draw) > change("spatter", 4, draw)
     assert change("saturate", 1, 0) > change("saturate", 3, 0) < change("saturate", 2, 0)
-    for i, im in enumerate(images):  # motion blur severities 3 and 4 are the same corruption
+    for i, im in enumerate(images):  # motion blur 3 and 4: sigma 2, radius 6 vs 8 (taps beyond 6 round away)
         a = apply_cifar(im, "motion_blur", 3, np.random.RandomState(i))
         np.testing.assert_array_equal(a, apply_cifar(im, "motion_blur", 4, np.random.RandomState(i)))
 
@@ -277,6 +278,11 @@ def test_zoom_blur_batch_is_bit_identical_to_scipy(images):
                 out += _clipped_zoom(x, z)
             want.append(np.clip((x + out) / (len(ZOOM_BLUR[sev - 1]) + 1), 0, 1) * 255)
         np.testing.assert_array_equal(zoom_blur_batch(images, sev), np.stack(want))
+
+
+def test_motion_blur_parameters_are_the_released_ones():
+    """(radius, sigma) as the ATOM code's gen_corruption_image.py passes them to ImageMagick (issue 12, point 6)."""
+    assert MOTION_BLUR == ((6, 1.0), (6, 1.5), (6, 2.0), (8, 2.0), (9, 2.5))
 
 
 def test_motion_blur_model_basics():

@@ -65,6 +65,35 @@ def test_more_steps_never_lower_and_zero_eps_is_identity():
     assert short.shape == (len(x),)
 
 
+def test_more_steps_strictly_raise_the_objective_of_some_sample():
+    """With the same random start, 20 steps keep every iterate of 3 steps (never lower, a regression guard) and
+    strictly raise the objective of some samples (can fail: an attack that stalls after its start)."""
+    model, x = _tiny_model(), _images()
+    noise = start_noise_for_set(len(x), tuple(x.shape[1:]), PGDConfig(), seed=3, device="cpu")
+    _, short = pgd_linf(_objective(model), x, PGDConfig(steps=3), model=model, start_noise=noise)
+    _, long = pgd_linf(_objective(model), x, PGDConfig(steps=20), model=model, start_noise=noise)
+    assert (long >= short - 1e-6).all()
+    assert (long > short + 1e-4).sum() >= len(x) // 2  # the tiny model moves the objective by ~1e-3
+
+
+def test_pgd_reaches_the_optimum_of_a_linear_objective():
+    """objective = <w, x>: the maximiser over the eps-ball is x + eps * sign(w) (inside [0, 1] here), which
+    40 sign steps of 1/255 reach from any start in the ball; one step from a random start cannot."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(20, 236, (6, 3, 8, 8), generator=g).float() / 255
+    w = torch.randn(1, 3, 8, 8, generator=g)
+
+    def objective(z):
+        return (z * w).flatten(1).sum(dim=1)
+
+    optimum = x + 8 / 255 * w.sign()
+    x_adv, obj = pgd_linf(objective, x, PGDConfig(), generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(x_adv, optimum, atol=1e-6)
+    assert torch.allclose(obj, objective(optimum), atol=1e-4)
+    _, one_step = pgd_linf(objective, x, PGDConfig(steps=1), generator=torch.Generator().manual_seed(0))
+    assert (one_step < objective(optimum) - 0.1).all()
+
+
 def test_random_start_is_rounded_uniform_and_batch_independent():
     g = torch.Generator().manual_seed(0)
     noise = random_start_noise((20000,), 8 / 255, g)

@@ -60,3 +60,16 @@ def test_atom_loss_equals_formula_with_a_null_attack():
     det = _zero_eps(ATOM(K, ATOM.Config(lam=2.0)))
     expected = F.cross_entropy(model(x), y) + 2.0 * F.cross_entropy(model(x_out), torch.full((8,), K))
     assert torch.allclose(det.loss(model, x, y, x_out), expected, atol=1e-5)
+
+
+def test_atom_q_is_zero_with_imagenet_rc_unless_set():
+    """Table 8 (SPEC section 5): ATOM mines with q = 0 when ImageNet-RC is the auxiliary set (issue 12, point 5)."""
+    from types import SimpleNamespace
+
+    def ctx(aux_name):
+        return SimpleNamespace(in_dist=SimpleNamespace(name="cifar10"), aux=SimpleNamespace(name=aux_name), protocol=None)
+
+    assert ATOM.make_config(ctx("imagenet_rc")).q == 0.0
+    assert ATOM.make_config(ctx("tinyimages")).q == 0.125
+    assert ATOM.make_config(ctx("imagenet_rc"), {"q": "0.25"}).q == 0.25  # --set atom.q=0.25 wins
+    assert NTOM.make_config(ctx("imagenet_rc")).q == 0.125  # Table 8 retrains ATOM, not NTOM

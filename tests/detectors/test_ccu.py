@@ -8,6 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from baselines.ccu import CCU, CCUNet, PCAWhitening, SphericalGMM
+import numpy as np
+import pytest
+from torch import nn
 from tests.detectors.tiny import K, Linear, batch
 
 
@@ -16,9 +19,7 @@ def test_ccu_mixtures_are_finite_and_dr_reduces_to_softmax_without_p_out():
     base = Linear(K)
     net = CCUNet(base, components=3, dim=48)
     x = torch.rand(30, 3, 4, 4)
-    net.whiten.fit(x.flatten(1))
-    net.gmm_in.fit(net.whiten(x.flatten(1)), seed=0)
-    net.gmm_out.fit(net.whiten(torch.rand(30, 48)), seed=1)
+    net.fit_mixtures(x.flatten(1), torch.rand(30, 48), seed=0)
     log_in, log_out = net.densities(x)
     assert torch.isfinite(log_in).all() and torch.isfinite(log_out).all()
     logits = base(x)
@@ -50,9 +51,7 @@ def test_ccu_loss_equals_formula():
     net = CCUNet(Linear(K), components=2, dim=48)
     x, y = batch(6)
     x_out = batch(4, seed=7)[0]
-    net.whiten.fit(torch.cat([x, x_out]).flatten(1))
-    net.gmm_in.fit(net.whiten(x.flatten(1)), 0)
-    net.gmm_out.fit(net.whiten(x_out.flatten(1)), 1)
+    net.fit_mixtures(x.flatten(1), x_out.flatten(1), 0)
     det = CCU(K, CCU.Config(components=2))
     li, lo = net.densities(torch.cat([x, x_out]))
     log_dr = net.log_dr(net.base(torch.cat([x, x_out])), li, lo)
@@ -69,7 +68,77 @@ def test_pca_whitening_and_spherical_gmm_shapes():
     w.fit(x)
     z = w(x)
     assert torch.isfinite(z).all() and z.shape == (50, 6)
+    assert torch.allclose(w.inverse(z), x, atol=1e-4)
     gmm = SphericalGMM(4, 6)
     gmm.fit(z, seed=0)
     assert gmm.log_var.unique().numel() == 1  # every variance set to their mean
-    assert torch.isfinite(gmm.log_density(z)).all()
+    assert torch.isfinite(gmm.log_density(z, gmm.means)).all()
+
+
+def test_pca_whitening_is_the_released_pca_metric():
+    """Distances equal the released PCAMetric's |(x - y) C^T / sqrt(s)| with scikit-learn's PCA, s floored at
+    s_max / 1e6 before the root (issue 12, point 2: not divided by s)."""
+    from sklearn.decomposition import PCA
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 5, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.0, 0.5, 1e-12])
+    x = x @ torch.linalg.qr(torch.randn(5, 5, generator=g, dtype=torch.float64))[0]  # rotate off the axes
+    pca = PCA().fit(x.numpy())
+    s = torch.tensor(pca.singular_values_)
+    s = torch.clamp(s, min=float(s[0]) / 1e6)  # the floor is active for the fifth direction
+    assert s[-1] == s[0] / 1e6
+    released = x @ torch.tensor(pca.components_).T / s.sqrt()
+    w = PCAWhitening(5)
+    w.fit(x.float())
+    ours = w(x.float()).double()
+    assert torch.allclose(torch.cdist(ours, ours), torch.cdist(released, released), rtol=1e-4, atol=1e-3)
+    assert torch.allclose(w.scale.double().sort().values, s.sqrt().sort().values, rtol=1e-4)
+
+
+def test_ccu_em_means_live_in_pixel_space_and_train_at_lr_over_s():
+    """The released code maps the EM means back to pixel space and trains them there, so an SGD step of lr moves
+    a whitened mean coordinate i by lr / s_i times its whitened gradient (issue 12, point 3)."""
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.2] * 6, [0.8] * 6, [0.2, 0.8] * 3])
+    x = centres.repeat_interleave(40, dim=0) + 0.01 * torch.randn(120, 6, generator=g)
+    net = CCUNet(nn.Identity(), components=3, dim=6)
+    net.fit_mixtures(x, x.flip(1), seed=0)
+    found = net.gmm_in.means.detach()
+    distance = torch.cdist(found, centres).min(dim=0).values
+    assert distance.max() < 0.02  # the pixel-space cluster centres themselves
+    lr = 1e-3
+    z_before = net.whiten(net.gmm_in.means).detach()
+    log_p_in, _ = net.densities(x)
+    z_means = net.whiten(net.gmm_in.means)
+    (grad_z,) = torch.autograd.grad(net.gmm_in.log_density(net.whiten(x), z_means).sum(), z_means)
+    log_p_in.sum().backward()
+    with torch.no_grad():
+        net.gmm_in.means -= lr * net.gmm_in.means.grad
+    moved = net.whiten(net.gmm_in.means).detach() - z_before
+    s = net.whiten.scale**2
+    assert torch.allclose(moved, -lr * grad_z / s, rtol=1e-3, atol=1e-7)
+
+
+def test_ccu_out_mixture_data_by_protocol():
+    """atom-code fits the out-mixture on the file's first images (validation block first), paper on a uniform
+    draw from the pool."""
+    from types import SimpleNamespace
+
+    from baselines.ccu import leading_aux_images
+    from oodbench.config import get_protocol
+    from oodbench.data.base import ArrayPool, ImageSet
+
+    for name, expected in (("paper", "uniform"), ("atom-code", "first"), ("strong", "uniform")):
+        ctx = SimpleNamespace(profile=SimpleNamespace(gmm_components=3), protocol=get_protocol(name))
+        assert CCU.make_config(ctx).out_fit == expected
+    pool_images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 32, 32, 3), np.uint8)
+
+    class Pool(ArrayPool):
+        def validation(self):
+            return ImageSet(torch.full((3, 3, 32, 32), 200, dtype=torch.uint8), None, "validation")
+
+    got = leading_aux_images(Pool(pool_images, "p"), 5)
+    assert got[:, 0, 0, 0].tolist() == [200, 200, 200, 0, 1]
+    assert leading_aux_images(ArrayPool(pool_images, "p"), 4)[:, 0, 0, 0].tolist() == [0, 1, 2, 3]
+    with pytest.raises(Exception, match="ccu_out_fit"):
+        CCU(K, CCU.Config(out_fit="random"))

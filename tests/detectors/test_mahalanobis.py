@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from baselines.mahalanobis import Mahalanobis, gaussian_scores
 from baselines.odin import ge_sign
 from oodbench.detector import FitData
+import pytest
 from tests.detectors.tiny import K, Linear, _pooled, _set, batch
 
 
@@ -59,3 +60,28 @@ def test_mahalanobis_gaussian_scores_match_numpy_and_fit_runs():
     adaptive, deployed = det.adaptive_objective(model, x).detach(), det.score(model, x)
     ordered = deployed[torch.argsort(adaptive)]
     assert (ordered[1:] >= ordered[:-1] - 1e-6).all()  # monotone: maximising it maximises the deployed score
+
+
+def test_mahalanobis_regression_settings_by_protocol():
+    """atom-code fits the released LogisticRegressionCV() (100 lbfgs iterations on float32 scores), paper lets it
+    converge (issue 12, point 4): on unscaled, ill-conditioned scores the two differ."""
+    from types import SimpleNamespace
+
+    from sklearn.linear_model import LogisticRegressionCV
+
+    from baselines.mahalanobis import fit_regression
+    from oodbench.config import get_protocol
+
+    for name, expected in (("paper", "converged"), ("atom-code", "released"), ("strong", "converged")):
+        assert Mahalanobis.make_config(SimpleNamespace(protocol=get_protocol(name))).regression == expected
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0.0, 1.0], 100)
+    # unscaled, large negative scores as Mahalanobis' (a 100-iteration lbfgs stops early on some C of the grid)
+    features = rng.normal(size=(200, 4)) * [300.0, 1.0, 30.0, 3.0] + targets[:, None] * [600.0, 1.5, 40.0, 2.0] - 2e3
+    released = fit_regression(features, targets, "released")
+    reference = LogisticRegressionCV().fit(features.astype(np.float32), targets)
+    np.testing.assert_allclose(released.coef_, reference.coef_, rtol=1e-6)
+    converged = fit_regression(features, targets, "converged")
+    assert not np.allclose(converged.coef_, released.coef_, rtol=1e-2)
+    with pytest.raises(Exception, match="mahalanobis_regression"):
+        Mahalanobis(K, Mahalanobis.Config(regression="exact"))

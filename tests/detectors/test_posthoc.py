@@ -268,7 +268,8 @@ def test_posthoc_run_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("OODBENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
     args = ["run", "--profile", "smoke", "--methods", "posthoc", "--threats", "natural,linf", "--epochs", "1"]
-    args += ["--max-ood", "50", "--ood", "tiles", "--pgd-steps", "5", "--no-progress", "--out", str(out)]
+    args += ["--in", "digits", "--max-ood", "50", "--ood", "tiles", "--pgd-steps", "5", "--no-progress"]
+    args += ["--out", str(out)]
     assert main(args) == 0, capsys.readouterr().err
     assert len(list((out / "checkpoints").iterdir())) == 1  # the seven share the vanilla network
     rows = [json.loads(p.read_text()) for p in (out / "cells").glob("*.json")]
