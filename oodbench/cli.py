@@ -7,6 +7,7 @@ message with exit status 2; nothing already finished is lost, and rerunning the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,12 +38,15 @@ def cmd_list(args) -> int:
     import dataclasses
 
     from oodbench.config import PROFILES, PROTOCOLS, switch_values
-    from oodbench.registry import ARCHS, DATASETS, DETECTORS, THREATS
+    from oodbench.registry import ARCHS, DATASETS, DETECTORS, THREATS, load_plugins
+
+    load_plugins(args.plugins)
 
     def section(title, entries, extra=lambda e: ""):
         print(f"{title}:")
         for entry in entries:
-            print(f"  {entry.name:<16s} {extra(entry)}{entry.summary}")
+            origin = f"  [from {entry.origin}]" if entry.origin != "oodbench" else ""
+            print(f"  {entry.name:<16s} {extra(entry)}{entry.summary}{origin}")
         print()
 
     def tag(entry) -> str:
@@ -210,9 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oodbench", description="Benchmark robust OOD detectors (ATOM protocol).")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="registered detectors, threat models, data sets, architectures").set_defaults(
-        func=cmd_list
+    listing = sub.add_parser("list", help="registered detectors, threat models, data sets, architectures")
+    listing.add_argument(
+        "--plugin",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="also list what this module registers (repeatable; also $OODBENCH_PLUGINS)",
     )
+    listing.set_defaults(func=cmd_list)
 
     data = sub.add_parser(
         "data",
@@ -319,6 +330,28 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except Exception as error:  # never a raw traceback: say where it came from and how to see it
+        if os.environ.get("OODBENCH_DEBUG"):
+            raise
+        where = _failing_frame(error)
+        print(
+            f"oodbench: error: {type(error).__name__}: {error}\n  raised in {where}. Finished cells and epochs are "
+            "saved (rerun the same command to resume); set OODBENCH_DEBUG=1 to see the traceback, and report it "
+            "if the code is oodbench's",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _failing_frame(error: BaseException) -> str:
+    """'FILE:LINE in FUNCTION' of the innermost frame of `error` (a user's plugin or model, or oodbench)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "(unknown)"
+    frame = frames[-1]
+    return f"{frame.filename}:{frame.lineno} in {frame.name}"
 
 
 def _load_extra_commands() -> None:

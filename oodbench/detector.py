@@ -100,6 +100,28 @@ class TrainingRecipe:
     #: bumped when the training recipe changes, so that checkpoints trained by the old one are not reused
     training_version: ClassVar[int] = 1
 
+    #: the members a training recipe overrides; a detector overriding none of them trains like the vanilla network
+    RECIPE_MEMBERS: ClassVar[tuple[str, ...]] = (
+        "build_model",
+        "stages",
+        "initialise",
+        "training_set",
+        "param_groups",
+        "after_step",
+        "loss",
+    )
+
+    @classmethod
+    def recipe_name(cls) -> str:
+        """Which trained network the detector scores: its declared `recipe`, "vanilla" when it changes nothing of
+        the training (a post-hoc detector, e.g. one defining only `score` and `attack_objective`), else its name."""
+        if cls.recipe:
+            return cls.recipe
+        changed = any(
+            getattr(cls, member, None) is not getattr(TrainingRecipe, member, None) for member in cls.RECIPE_MEMBERS
+        )
+        return cls.name if (changed or cls.extra_outputs or cls.uses_aux) else "vanilla"
+
     def build_model(self, ctx: BuildContext, base: nn.Module) -> nn.Module:
         """The network trained and checkpointed for this method (CCU wraps `base` with its mixtures)."""
         return base

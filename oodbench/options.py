@@ -147,6 +147,29 @@ class RunOptions:
         help="evaluate this trained checkpoint instead of training (repeatable)",
     )
     init: str | None = option(help="fine-tune every trained network from this checkpoint")
+    model: str | None = option(
+        metavar="MODULE:CALLABLE",
+        help="evaluate your own network: a factory in your code returning an nn.Module that takes [0, 1] RGB pixels "
+        "(called with num_classes=K when it has that argument); nothing is trained",
+    )
+    weights: str | None = option(
+        metavar="PATH",
+        help="weights of the evaluated network: a state dict (for --model or a registered --arch), a TorchScript "
+        "file, or a pickled module (needs --trust-pickle)",
+    )
+    trust_pickle: bool = option(
+        False, action="store_true", help="allow --weights to be a pickled Python module (unpickling runs its code)"
+    )
+    plugins: list[str] = option(
+        None,
+        "--plugin",
+        factory=list,
+        action="append",
+        metavar="MODULE",
+        convert=lambda items: list(items or []),
+        help="import this module first: its @register_detector / register_threat / register_dataset / register_arch "
+        "entries join the registries (repeatable; also $OODBENCH_PLUGINS, comma-separated)",
+    )
     train_only: bool = option(False, action="store_true", help="train the networks, evaluate nothing")
     lr: float | None = option(
         type=float, help="base learning rate of every training stage (paper: 0.1; lower it to fine-tune with --init)"

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import pkgutil
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from oodbench.errors import UnknownNameError
+from oodbench.errors import ConfigError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Entry:
     obj: Any
     summary: str
     meta: dict
+    origin: str = "oodbench"  # "oodbench" (built in), "plugin MODULE" or "entry point NAME (DISTRIBUTION)"
 
 
 class Registry:
@@ -51,7 +55,8 @@ class Registry:
             if isinstance(obj, type):
                 obj.name = name  # the one place a class's name is written
             doc = (obj.__doc__ or "").strip().splitlines()
-            self._entries[name] = Entry(name, obj, summary or (doc[0] if doc else ""), dict(meta))
+            entry = Entry(name, obj, summary or (doc[0] if doc else ""), dict(meta), _origin(obj))
+            self._entries[name] = entry
             return obj
 
         return decorator
@@ -71,7 +76,11 @@ class Registry:
         """'unknown detector 'x'; did you mean ...? Known: ...' for a name that is not registered."""
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        return f"unknown {self.kind} '{name}'{hint} (known: {', '.join(sorted(self._entries))})"
+        return (
+            f"unknown {self.kind} '{name}'{hint} (known: {', '.join(sorted(self._entries))}). Your own is registered "
+            f"with oodbench.register_{REGISTER_SUFFIX.get(self.kind, 'detector')}(\"{name}\") in a module loaded by "
+            f"--plugin MODULE (or $OODBENCH_PLUGINS), or by an '{ENTRY_POINT_GROUP}' entry point of your package"
+        )
 
     def names(self) -> list[str]:
         """Registered names in their declared order (`order` of the class; ties: registration order)."""
@@ -165,15 +174,59 @@ def import_submodules(package: str) -> list[str]:
     return names
 
 
-def load_plugins() -> None:
-    """Fill the registries (idempotent): the modules of `PLUGIN_PACKAGES`, then installed entry points."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for package in PLUGIN_PACKAGES:
-        import_submodules(package)
-    from importlib.metadata import entry_points
+#: environment variable naming plugin modules (comma-separated), as `--plugin` does
+PLUGINS_ENV = "OODBENCH_PLUGINS"
+REGISTER_SUFFIX = {"detector": "detector", "threat model": "threat", "data set": "dataset", "architecture": "arch"}
+_loading: list[str] = []  # the origin of what registers while a plugin loads
 
-    for point in entry_points(group=ENTRY_POINT_GROUP):
-        point.load()
+
+def _origin(obj: Any) -> str:
+    if _loading:
+        return _loading[-1]
+    module = getattr(obj, "__module__", "") or ""
+    return "oodbench" if module.split(".")[0] in {p.split(".")[0] for p in PLUGIN_PACKAGES} else f"module {module}"
+
+
+def load_plugins(modules: Iterable[str] | None = None) -> None:
+    """Fill the registries: once, the modules of `PLUGIN_PACKAGES` and the installed `oodbench.plugins` entry
+    points; then the plugin modules of `$OODBENCH_PLUGINS` and of `modules` (`--plugin`), each imported once."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for package in PLUGIN_PACKAGES:
+            import_submodules(package)
+        from importlib.metadata import entry_points
+
+        for point in entry_points(group=ENTRY_POINT_GROUP):
+            dist = getattr(getattr(point, "dist", None), "name", None)
+            _loading.append(f"entry point {point.name}" + (f" ({dist})" if dist else ""))
+            try:
+                point.load()
+            except Exception as error:
+                raise ConfigError(
+                    f"the '{ENTRY_POINT_GROUP}' entry point '{point.name}' ({point.value}) of an installed package "
+                    f"fails to load ({type(error).__name__}: {error}); fix or uninstall that package"
+                ) from None
+            finally:
+                _loading.pop()
+    names = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+    for name in [*names, *(modules or [])]:
+        load_plugin_module(name)
+
+
+def load_plugin_module(name: str) -> None:
+    """Import the plugin module `name` (a module path, importable from the current folder) once."""
+    if name in sys.modules:
+        return
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    _loading.append(f"plugin {name}")
+    try:
+        importlib.import_module(name)
+    except ImportError as error:
+        raise ConfigError(
+            f"plugin '{name}' cannot be imported ({error}); give a module path importable from the current folder "
+            "(e.g. --plugin mypackage.detectors) or install your package"
+        ) from None
+    finally:
+        _loading.pop()

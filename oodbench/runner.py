@@ -46,7 +46,7 @@ from oodbench.options import RunOptions
 from oodbench.provenance import config_hash
 from oodbench.registry import ARCHS, DETECTORS, THREATS, load_plugins, resolve_methods, threat_order
 from oodbench.rundir import DEFAULT_RUNS, FINAL_CHECKPOINT, MINING_LOG, MINING_PLOT, RunDir, merge_run_json
-from oodbench.scoring import map_batches
+from oodbench.scoring import map_batches, to_unit
 from oodbench.seeding import derive_seed, numpy_rng
 
 TUNE_IMAGES = 1000  # ODIN / Mahalanobis tuning images (SPEC section 4)
@@ -99,6 +99,7 @@ class RunPlan:
     build: BuildContext
     record: dict[str, Any]
     heldout: ImageSet | None = None  # training images reserved for tuning (--tune-split heldout)
+    given_model: torch.nn.Module | None = None  # the user's network (evaluated as is: nothing is trained)
 
     @property
     def layout(self) -> RunDir:
@@ -155,25 +156,35 @@ def _protocol(options: RunOptions) -> Protocol:
     return protocol.replace(**changes) if changes else protocol
 
 
-def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan:
+def plan_run(
+    options: RunOptions,
+    log: Callable[[str], None] = print,
+    model: torch.nn.Module | None = None,
+    detectors: dict[str, Detector] | None = None,
+) -> RunPlan:
     """Resolve and check everything a run needs; raise a user-facing error before any training or attack.
 
-    In steps: the protocol and profile, the names (methods, threats, architecture, device), the data, the methods
-    (configs, keys, checkpoints), the cells, and the record written to run.json."""
-    load_plugins()
+    In steps: the protocol and profile, the names (methods, threats, architecture, device), the data, the given
+    network (`model`, or `--model` / `--weights`), the methods (configs, keys, checkpoints), the cells, and the
+    record written to run.json. `detectors` maps method names to Detector instances given from Python
+    (`oodbench.evaluate`), used instead of building them from their Config."""
+    load_plugins(options.plugins)
     protocol = _protocol(options)
     profile = resolve_profile(options)
-    names = resolve_names(options, profile)
+    names = resolve_names(options, profile, model)
     data = load_data(options, protocol, profile, names.methods)
+    given = resolve_given_model(options, names, data, model, log)
     build = BuildContext(
         in_dist=data.in_dist, arch=names.arch, protocol=protocol, profile=profile, aux=data.aux, device=names.device
     )
     pgd = resolve_pgd(options, profile)
     run_dir = Path(options.out) if options.out else default_run_dir(options)
-    method_plans = plan_methods(options, protocol, profile, names, data, build, run_dir)
+    method_plans = plan_methods(options, protocol, profile, names, data, build, run_dir, given, detectors or {})
     cells = plan_cells(options, protocol, profile, pgd, names, data, method_plans, run_dir)
     attacks = attack_record(_attack_context(options, protocol, profile, pgd, names.device, run_dir))
     record = run_record(options, protocol, profile, names, data, pgd, method_plans, attacks)
+    if given is not None:
+        record["model"] = given.record
     _check_run_dir(run_dir, record)
     return RunPlan(
         options,
@@ -194,6 +205,7 @@ def plan_run(options: RunOptions, log: Callable[[str], None] = print) -> RunPlan
         build,
         record,
         heldout=data.heldout,
+        given_model=given.module if given is not None else None,
     )
 
 
@@ -221,8 +233,9 @@ class ResolvedNames:
     device: torch.device
 
 
-def resolve_names(options: RunOptions, profile: Profile) -> ResolvedNames:
-    """Check every name of the run against the registries (did-you-mean errors) and the device and precision."""
+def resolve_names(options: RunOptions, profile: Profile, model: torch.nn.Module | None = None) -> ResolvedNames:
+    """Check every name of the run against the registries (did-you-mean errors) and the device and precision.
+    With a given network the architecture is its label: the factory, the weights file or the module's class."""
     methods = resolve_methods(options.methods)
     threats = list(dict.fromkeys(options.threats))
     for threat in threats:
@@ -230,6 +243,22 @@ def resolve_names(options: RunOptions, profile: Profile) -> ResolvedNames:
     arch = options.arch or profile.default_arch
     if not arch.startswith("timm/"):
         ARCHS.entry(arch)
+    if model is not None or options.model or options.weights:
+        if model is not None and (options.model or options.weights):
+            raise ConfigError("a model object was given together with --model / --weights: give one of them")
+        if options.checkpoints or options.init or options.train_only:
+            raise ConfigError(
+                "--checkpoint, --init and --train-only train or load oodbench networks; with a given model "
+                "(--model / --weights) nothing is trained: drop them"
+            )
+        if model is not None:
+            arch = f"model:{type(model).__qualname__}"
+        elif options.model:
+            arch = f"model:{options.model}"
+        elif options.arch is None:  # a TorchScript / pickled module, or a state dict of the profile's arch
+            arch = f"weights:{Path(options.weights).name}"
+    if options.weights and not Path(options.weights).is_file():
+        raise CheckpointError(f"--weights '{options.weights}' not found")
     device = resolve_device(options.device)
     if options.square_queries is not None and options.square_queries < 0:
         raise ConfigError(f"--square-queries {options.square_queries}: give a number of queries >= 0 (0: no Square)")
@@ -245,6 +274,56 @@ def resolve_names(options: RunOptions, profile: Profile) -> ResolvedNames:
     if options.init and not Path(options.init).is_file():
         raise CheckpointError(f"--init '{options.init}' not found")
     return ResolvedNames(methods, threats, arch, device)
+
+
+@dataclass
+class GivenModel:
+    """The user's network (`oodbench.evaluate(model, ...)`, `--model`, `--weights`) and its run.json record."""
+
+    module: torch.nn.Module
+    fingerprint: str
+    record: dict[str, Any]
+
+
+def resolve_given_model(
+    options: RunOptions, names: ResolvedNames, data: RunData, model: torch.nn.Module | None, log
+) -> GivenModel | None:
+    """Load and check the given network before any compute (oodbench.models.external); None without one."""
+    from oodbench.models.external import load_user_model, looks_unnormalised, model_fingerprint
+
+    if model is None and not options.model and not options.weights:
+        return None
+    in_dist = data.in_dist
+    if model is None:
+        arch = options.arch  # a state dict of a registered architecture (`--arch NAME --weights PATH`)
+        base = None
+        if arch is not None and not names.arch.startswith("model:"):
+            from oodbench.models import create_model
+
+            def base():
+                return create_model(arch, in_dist.num_classes, normalization=in_dist.normalization)
+
+        model = load_user_model(options.model, options.weights, in_dist.num_classes, options.trust_pickle, base)
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module (got {type(model).__name__})")
+    model = model.eval()
+    device = next((t.device for t in model.parameters()), torch.device("cpu"))
+    probe = data.test.subset(np.arange(min(64, len(data.test))))
+    warning = looks_unnormalised(
+        model, to_unit(probe.images).to(device), probe.labels.to(device), in_dist.num_classes
+    )
+    if warning:
+        log(f"warning: {warning}")
+    fingerprint = model_fingerprint(model)
+    record = {
+        "label": names.arch,
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "factory": options.model,
+        "weights": str(Path(options.weights).resolve()) if options.weights else None,
+        "weights_sha256": file_sha256(options.weights) if options.weights else None,
+        "sha256": fingerprint,
+    }
+    return GivenModel(model, fingerprint, record)
 
 
 @dataclass
@@ -323,8 +402,13 @@ def plan_methods(
     data: RunData,
     build: BuildContext,
     run_dir: Path,
+    given: GivenModel | None = None,
+    given_detectors: dict[str, Detector] | None = None,
 ) -> list[MethodPlan]:
-    """Each method's resolved Config, detector, training key (its network) and fit key (its fitted state)."""
+    """Each method's resolved Config, detector, training key (its network) and fit key (its fitted state).
+    With a given network every method scores it (its head checked against the detector's) and nothing trains."""
+    from oodbench.models.external import check_head
+
     in_dist, train, aux, arch = data.in_dist, data.train, data.aux, names.arch
     data_record = data.record
     init_hash = file_sha256(options.init) if options.init else None
@@ -332,9 +416,22 @@ def plan_methods(
     method_plans = []
     for name in names.methods:
         cls = DETECTORS.get(name)
-        config = cls.make_config(build, options.overrides.get(name))
-        detector = cls(in_dist.num_classes, config)
-        recipe = cls.recipe or name
+        if name in (given_detectors or {}):
+            detector = given_detectors[name]
+            if detector.num_classes != in_dist.num_classes:
+                raise ConfigError(
+                    f"detector '{name}' was built for {detector.num_classes} classes; {in_dist.name} has "
+                    f"{in_dist.num_classes}"
+                )
+            config = detector.config
+        else:
+            config = cls.make_config(build, options.overrides.get(name))
+            detector = cls(in_dist.num_classes, config)
+        if given is not None:
+            device = next((t.device for t in given.module.parameters()), torch.device("cpu"))
+            probe = to_unit(data.test.images[:4]).to(device)
+            check_head(given.module, probe, detector.head_size, in_dist.num_classes, name)
+        recipe = cls.recipe_name()
         config_dict = dataclasses.asdict(config)
         train_key = config_hash(
             {
@@ -372,6 +469,8 @@ def plan_methods(
                     },
                 )
             train_key = "ckpt-" + file_sha256(checkpoint)[:16]
+        if given is not None:
+            train_key = "model-" + given.fingerprint[:16]
         fit_key = config_hash(
             {
                 "train": train_key,
@@ -706,6 +805,8 @@ def obtain_model(plan: RunPlan, method: MethodPlan, log) -> torch.nn.Module:
         log=log,
         lr=plan.options.lr,
     )
+    if plan.given_model is not None:
+        return plan.given_model.to(plan.device).eval()
     if method.checkpoint is not None:
         model = build_network(dataclasses.replace(job, init=None))
         payload = load_checkpoint(method.checkpoint)

@@ -109,3 +109,20 @@ def test_vs_paper_table_flags_protocol_differences(tmp_path, capsys, fmt):
     assert main(["table", str(run), "--vs-paper", "--format", fmt]) == 0
     out = capsys.readouterr().out
     assert "protocol differs" in out and "50.54" in out
+
+
+def test_a_run_equals_its_own_csv_at_tol_0_and_a_move_of_2e_4_fails():
+    """CSV baselines hold 4 decimals: a value on a ...5 rounding boundary still equals its written form, while a
+    real change in the 4th decimal is a move."""
+    import io
+
+    import pandas as pd
+
+    from oodbench.check import compare
+
+    key = {"in_dist": "shapes", "method": "msp", "ood_set": "tiles", "threat": "natural", "metric": "fpr"}
+    run = pd.DataFrame([{**key, "value": 41.51515}, {**key, "ood_set": "scenes", "value": 12.34565}])
+    written = pd.read_csv(io.StringIO(run.to_csv(index=False, float_format="%.4f")))
+    assert compare(run, written, tol=0).moved.empty
+    moved = run.assign(value=run["value"] + [0.0, 2e-4])
+    assert list(compare(moved, written, tol=0).moved["ood_set"]) == ["scenes"]

@@ -10,16 +10,26 @@ from torch import nn
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std per channel; identity when built with `normalization=None` (SVHN)."""
+    """(x - mean) / std per channel, inside the model (SPEC section 1: models take [0, 1] pixels).
 
-    def __init__(self, normalization: tuple[Sequence[float], Sequence[float]] | None):
+    `Normalize(normalization)`: the layer, `normalization` = (mean, std) or None (identity, SVHN).
+    `Normalize(model, mean, std)`: a user's model trained on normalised inputs, wrapped so that it takes
+    [0, 1] pixels as every oodbench model does (`oodbench.evaluate`, `--model`)."""
+
+    def __init__(self, normalization, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         super().__init__()
+        self.model = None
+        if isinstance(normalization, nn.Module):
+            if mean is None or std is None:
+                raise ValueError("Normalize(model, mean, std): give the per-channel mean and std")
+            self.model, normalization = normalization, (mean, std)
         mean, std = normalization if normalization is not None else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        return x if self.model is None else self.model(x)
 
 
 class OODNet(nn.Module):
