@@ -191,6 +191,15 @@ def protocol_lines(switches: dict) -> list[str]:
     return lines
 
 
+#: the values each protocol switch takes (`--switch KEY=VALUE` is checked against them while planning)
+SWITCH_CHOICES = {
+    "aux_sampling": ("uniform", "contiguous"),
+    "corruption_suite": ("cifar-c-15", "cifar-c-19", "imagenet-c"),
+    "densenet_init": ("standard", "atom-code"),
+    "tune_split": ("test", "heldout"),
+}
+
+
 def get_protocol(name: str) -> Protocol:
     """The named protocol preset, or a did-you-mean error."""
     if name not in PROTOCOLS:

@@ -256,7 +256,16 @@ class Detector(ScoringRule, PostHocFit, TrainingRecipe):
                 from oodbench.errors import ConfigError
 
                 raise ConfigError(f"{cls.name} has no setting '{key}' (settings: {', '.join(fields) or 'none'})")
-            config = dataclasses.replace(config, **{key: _coerce(value, fields[key].type)})
+            try:
+                coerced = _coerce(value, fields[key].type)
+            except ValueError:
+                from oodbench.errors import ConfigError
+
+                raise ConfigError(
+                    f"--set {cls.name}.{key}={value}: not a value of type {fields[key].type} (the setting's default: "
+                    f"{getattr(cls.Config(), key)!r})"
+                ) from None
+            config = dataclasses.replace(config, **{key: coerced})
         if ctx is not None:
             config = cls.resolve_defaults(config, ctx)
         return config

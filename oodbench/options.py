@@ -56,16 +56,21 @@ def option(
     cli_default: Any = dataclasses.MISSING,
     convert: Callable[[Any], Any] | None = None,
     factory: Callable[[], Any] | None = None,
+    minimum: float | None = None,
+    positive: bool = False,
     **argparse_kwargs: Any,
 ) -> Any:
     """A RunOptions field that is a command-line option: `flags` (default: `--field-name`), argparse keywords,
-    `cli_default` when the command line's default differs from the Python API's, `convert` from the parsed value."""
+    `cli_default` when the command line's default differs from the Python API's, `convert` from the parsed value;
+    `minimum` (inclusive) / `positive` bound a number (checked by `RunOptions.check`, CLI and Python alike)."""
     metadata = {
         "flags": flags,
         "help": help,
         "cli_default": cli_default,
         "convert": convert,
         "argparse": argparse_kwargs,
+        "minimum": minimum,
+        "positive": positive,
     }
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
@@ -105,7 +110,7 @@ class RunOptions:
     aux: str | None = option(help="auxiliary outlier pool (default: the in-dist set's)")
     protocol: str = option("paper", help="paper | atom-code | strong (SPEC preamble)")
     profile: str = option("paper", help="paper (full scale) | smoke (tiny, CPU minutes)")
-    seed: int = option(0, type=int)
+    seed: int = option(0, type=int, minimum=0)
     data_root: str | None = option(help="folder holding the data sets (see `oodbench data`)")
     out: str | None = option(help="run directory (default: oodbench-runs/<in>-<protocol>-<profile>-seed<S>)")
     device: str = option("auto", help="auto | cpu | cuda | cuda:N")
@@ -172,23 +177,25 @@ class RunOptions:
     )
     train_only: bool = option(False, action="store_true", help="train the networks, evaluate nothing")
     lr: float | None = option(
-        type=float, help="base learning rate of every training stage (paper: 0.1; lower it to fine-tune with --init)"
+        type=float,
+        positive=True, help="base learning rate of every training stage (paper: 0.1; lower it to fine-tune with --init)"
     )
-    pgd_steps: int | None = option(type=int, help="PGD iterations (paper: 40)")
-    pgd_restarts: int | None = option(type=int, help="PGD random restarts (paper: 1)")
+    pgd_steps: int | None = option(type=int, minimum=1, help="PGD iterations (paper: 40)")
+    pgd_restarts: int | None = option(type=int, minimum=1, help="PGD random restarts (paper: 1)")
     pgd_step_size: float | None = option(
-        None, "--pgd-step", type=parse_pixels, metavar="PGD_STEP", help="PGD step size (paper: 1/255)"
+        None, "--pgd-step", type=parse_pixels, positive=True, metavar="PGD_STEP", help="PGD step size (paper: 1/255)"
     )
-    pgd_eps: float | None = option(type=parse_pixels, help="L-inf radius (paper: 8/255)")
+    pgd_eps: float | None = option(type=parse_pixels, positive=True, help="L-inf radius (paper: 8/255)")
     square_queries: int | None = option(
         type=int,
+        minimum=0,
         help="strong protocol: Square attack queries per image (profile paper: 5000, smoke: 300; 0: no Square)",
     )
-    batch_size: int | None = option(type=int, help="evaluation / attack batch size")
+    batch_size: int | None = option(type=int, minimum=1, help="evaluation / attack batch size")
     cache_dir: str | None = option(help="cache of corruption variants (default: ~/.cache/oodbench)")
-    epochs: int | None = option(type=int, help="override the profile's epochs (lr steps at 50/75/90%%)")
-    max_ood: int | None = option(type=int, help="override the profile's images per OOD set")
-    max_train: int | None = option(type=int, help="override the profile's in-dist training images")
+    epochs: int | None = option(type=int, minimum=1, help="override the profile's epochs (lr steps at 50/75/90%%)")
+    max_ood: int | None = option(type=int, minimum=1, help="override the profile's images per OOD set")
+    max_train: int | None = option(type=int, minimum=1, help="override the profile's in-dist training images")
     attack_id: bool = option(
         False, action="store_true", help="also attack in-dist test images towards OOD and report the FNR under attack"
     )
@@ -201,6 +208,22 @@ class RunOptions:
     compile: bool = option(False, action="store_true", help="torch.compile the model inside the attacks")
     progress: bool = option(True, "--no-progress", action="store_false", help="no progress bars")
     only_cells: list[str] | None = None  # evaluate just these cell keys (job arrays; not a command-line option)
+
+    def check(self) -> None:
+        """ConfigError for a number out of its declared range or of the wrong type (before any compute)."""
+        for f in _cli_fields():
+            value, low, positive = getattr(self, f.name), f.metadata["minimum"], f.metadata["positive"]
+            if value is None or (low is None and not positive):
+                continue
+            flag = _flags(f)[0]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{flag} (setting {f.name}): {value!r} is not a number")
+            if f.type in ("int", "int | None") and not float(value).is_integer():
+                raise ConfigError(f"{flag} (setting {f.name}): {value!r} is not a whole number")
+            if low is not None and value < low:
+                raise ConfigError(f"{flag} {value}: must be >= {low:g}")
+            if positive and not value > 0:
+                raise ConfigError(f"{flag} {value}: must be > 0")
 
 
 def _cli_fields() -> list[dataclasses.Field]:

@@ -27,6 +27,7 @@ from oodbench.cachedir import cache_root
 from oodbench.checkpoint import check_meta, file_sha256, load_checkpoint
 from oodbench.config import (
     METHOD_SWITCHES,
+    SWITCH_CHOICES,
     TRAINING_SWITCHES,
     Profile,
     Protocol,
@@ -150,6 +151,8 @@ def _protocol(options: RunOptions) -> Protocol:
         if key not in fields:
             known = ", ".join([*fields, *METHOD_SWITCHES])
             raise ConfigError(f"unknown protocol switch '{key}' (switches: {known})")
+        if key in SWITCH_CHOICES and value not in SWITCH_CHOICES[key]:
+            raise ConfigError(f"--switch {key}: '{value}' is not one of {', '.join(SWITCH_CHOICES[key])}")
         changes[key] = value.lower() in ("1", "true", "yes") if fields[key].type in ("bool", bool) else value
     if presets != protocol.method_settings:
         changes["method_settings"] = presets
@@ -168,6 +171,7 @@ def plan_run(
     network (`model`, or `--model` / `--weights`), the methods (configs, keys, checkpoints), the cells, and the
     record written to run.json. `detectors` maps method names to Detector instances given from Python
     (`oodbench.evaluate`), used instead of building them from their Config."""
+    options.check()
     load_plugins(options.plugins)
     protocol = _protocol(options)
     profile = resolve_profile(options)
@@ -260,8 +264,6 @@ def resolve_names(options: RunOptions, profile: Profile, model: torch.nn.Module 
     if options.weights and not Path(options.weights).is_file():
         raise CheckpointError(f"--weights '{options.weights}' not found")
     device = resolve_device(options.device)
-    if options.square_queries is not None and options.square_queries < 0:
-        raise ConfigError(f"--square-queries {options.square_queries}: give a number of queries >= 0 (0: no Square)")
     try:
         check_precision(options.precision, device)
     except ValueError as error:

@@ -301,3 +301,95 @@ def test_score_only_detector_attacks_its_own_score():
         assert torch.allclose(objective.detach(), det.score(net, x))
         (grad,) = torch.autograd.grad(objective.sum(), x)
         assert grad.abs().sum() > 0
+
+
+# --- the matrix: each `oodbench run` option with each class of bad value exits 2, says why, writes nothing -------
+
+MATRIX = {
+    "missing path": [
+        ["--data-root", "{d}/absent", "--in", "cifar10"],
+        ["--init", "{d}/absent.pt"],
+        ["--checkpoint", "msp={d}/absent.pt"],
+        ["--weights", "{d}/absent.pt"],
+        ["--in", "folder:{d}/absent"],
+        ["--ood", "npy:{d}/absent.npy"],
+    ],
+    "wrong type": [
+        ["--seed", "one"],
+        ["--epochs", "2.5"],
+        ["--max-ood", "many"],
+        ["--pgd-steps", "x"],
+        ["--pgd-eps", "eight"],
+        ["--lr", "fast"],
+        ["--square-queries", "1e3"],
+        ["--batch-size", "big"],
+        ["--set", "atom.q=high", "--methods", "atom"],
+        ["--set", "odin"],
+        ["--switch", "adaptive"],
+    ],
+    "unknown name": [
+        ["--methods", "mps"],
+        ["--in", "cifar11"],
+        ["--ood", "tiles,nowhere"],
+        ["--threats", "linf2"],
+        ["--arch", "resnet1000"],
+        ["--aux", "nothing", "--methods", "oe"],
+        ["--protocol", "papr"],
+        ["--profile", "huge"],
+        ["--device", "tpu"],
+        ["--precision", "fp8"],
+        ["--tune-split", "train"],
+        ["--set", "msp.no_such_field=1"],
+        ["--switch", "no_such_switch=1"],
+        ["--model", "usernets:absent"],
+        ["--plugin", "no_such_plugin"],
+    ],
+    "out of range": [
+        ["--seed", "-1"],
+        ["--epochs", "0"],
+        ["--max-ood", "0"],
+        ["--max-train", "-5"],
+        ["--pgd-steps", "0"],
+        ["--pgd-restarts", "0"],
+        ["--pgd-eps", "0"],
+        ["--pgd-step", "-1/255"],
+        ["--lr", "0"],
+        ["--batch-size", "0"],
+        ["--square-queries", "-1"],
+        ["--switch", "corruption_suite=cifar-c-99"],
+    ],
+    "incompatible": [
+        ["--set", "atom.q=0.5"],  # atom not in --methods
+        ["--checkpoint", "oe={d}/state.pt"],  # oe not in --methods
+        ["--model", "usernets:Wrapped", "--init", "{d}/state.pt"],
+        ["--model", "usernets:Wrapped", "--train-only"],
+        ["--weights", "{d}/scripted.pt", "--model", "usernets:Wrapped"],
+        ["--methods", "oe", "--in", "folder:{d}/images"],  # a folder set has no auxiliary pool
+    ],
+}
+CASES = [(kind, args) for kind, cases in MATRIX.items() for args in cases]
+
+
+@pytest.mark.parametrize("kind, extra", CASES, ids=[f"{k}:{' '.join(a)[:40]}" for k, a in CASES])
+def test_run_option_error_matrix(user_files, capsys, kind, extra):
+    from oodbench.cli import main
+
+    images = user_files / "images" / "cls"
+    images.mkdir(parents=True, exist_ok=True)
+    out = user_files / "run"
+    args = [*BASE, "--out", str(out), *[a.replace("{d}", str(user_files)) for a in extra]]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse: usage and the message on stderr
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, (kind, extra, err[-2000:])
+    assert "Traceback" not in err and len(err.strip()) > 20, err
+    assert not out.exists()
+
+
+def test_switch_choices_name_every_corruption_suite():
+    from attacks.corruptions import SUITES
+    from oodbench.config import SWITCH_CHOICES
+
+    assert set(SWITCH_CHOICES["corruption_suite"]) == set(SUITES)
