@@ -267,12 +267,17 @@ def msp(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
-    """Convert a command-line string to the field's type (int, float, bool, str, tuple of numbers)."""
+    """Convert a command-line string to the field's type (int, float, bool, str, tuple of numbers or of names,
+    comma-separated: `--set mahalanobis.layers=layer1,layer2`; "none" for an optional field)."""
     if not isinstance(value, str):
         return value
     text = str(annotation)
     if "bool" in text:
         return value.lower() in ("1", "true", "yes", "on")
+    if "tuple[str" in text:
+        if "None" in text and value.lower() == "none":
+            return None
+        return tuple(name.strip() for name in value.split(",") if name.strip())
     if "tuple" in text:
         return tuple(float(v) if "." in v else int(v) for v in value.split(",") if v)
     if text.startswith("int") or text == "<class 'int'>":

@@ -1,5 +1,5 @@
-"""Penultimate features of any `nn.Module` with a final linear head, captured by a forward hook (DESIGN "Bring
-your own model": feature-based detectors never require a model method).
+"""Penultimate features of any `nn.Module` with a final linear head, and the outputs of any named submodules,
+captured by forward hooks (DESIGN "Bring your own model": feature-based detectors never require a model method).
 
 The post-hoc detectors beyond the paper (SPEC section 4: KNN, ViM, ReAct, ASH) score the input of the network's
 final `nn.Linear`, the penultimate feature vector h(x), and some re-apply the head to modified features
@@ -14,7 +14,8 @@ it is adaptive (it attacks exactly what is deployed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,64 @@ def penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
             "the feature-based detectors need [B, D] pooled features"
         )
     return logits, features, head
+
+
+def find_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """The submodules of `model` called `names` (qualified names as in `model.named_modules()`, e.g. "layer1" or
+    "stages.2"), in that order; a `FeatureError` naming close matches and some of the available names otherwise."""
+    model = getattr(model, "_orig_mod", model)
+    modules = {name: module for name, module in model.named_modules() if name}
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(modules), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        shown = ", ".join(list(modules)[:12]) or "none"
+        if len(modules) > 12:
+            shown += f", ... and {len(modules) - 12} more (all: [name for name, _ in model.named_modules()])"
+        raise FeatureError(
+            f"{type(model).__name__} has no submodule {', '.join(repr(n) for n in unknown)}{hint} "
+            f"(its modules: {shown})"
+        )
+    return [modules[name] for name in names]
+
+
+def named_outputs(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[torch.Tensor]:
+    """The outputs of the submodules `names` (see `find_modules`) in one forward pass of `model` on `x`.
+
+    Each output is cloned in its hook, so it is the module's own output even when a later in-place operation
+    (`ReLU(inplace=True)`) rewrites that tensor, and it keeps the autograd graph of the caller's mode (gradients
+    flow to `x` outside `torch.no_grad`). Hooks are removed on exit, also on errors. A `FeatureError` for a module
+    that is not called exactly once per forward, or whose output is not a tensor."""
+    model = getattr(model, "_orig_mod", model)  # as in `penultimate`: a compiled graph would not see the hooks
+    modules = find_modules(model, names)
+    seen: dict[int, list] = {i: [] for i in range(len(names))}
+    handles = []
+    try:
+        for i, module in enumerate(modules):
+
+            def hook(_module: nn.Module, _inputs: tuple, output, i: int = i) -> None:
+                seen[i].append(output.clone() if isinstance(output, torch.Tensor) else output)
+
+            handles.append(module.register_forward_hook(hook))
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    outputs = []
+    for i, name in enumerate(names):
+        if len(seen[i]) != 1:
+            raise FeatureError(
+                f"the submodule '{name}' of {type(model).__name__} ran {len(seen[i])} times in one forward pass; "
+                "name a module that runs exactly once (a module reused in several places, such as one shared "
+                "ReLU, has no single output: name its parent block instead)"
+            )
+        if not isinstance(seen[i][0], torch.Tensor):
+            raise FeatureError(
+                f"the submodule '{name}' of {type(model).__name__} returns {type(seen[i][0]).__name__}, not a "
+                "tensor; name a module whose output is one tensor"
+            )
+        outputs.append(seen[i][0])
+    return outputs
 
 
 def training_features(
