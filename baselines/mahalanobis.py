@@ -221,6 +221,10 @@ class Mahalanobis(Detector):
         return map_batches(lambda z: self._layer_scores(model, z, magnitude).cpu(), x, batch_size).double().numpy()
 
     # ----- persistence --------------------------------------------------------------------------------
+    def is_fitted(self):
+        """The class statistics are known (fitted or loaded)."""
+        return bool(self.means)
+
     def fitted_state(self):
         return {
             "means": list(self.means),

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from oodbench.detector import Detector
-from oodbench.errors import FeatureError, NotFittedError
+from oodbench.errors import FeatureError
 
 if TYPE_CHECKING:
     from oodbench.detector import FitData
@@ -176,9 +176,10 @@ def training_features(
 class FeatureDetector(Detector):
     """A post-hoc detector on the vanilla network whose score is `score_features(logits, features, head)`.
 
-    Subclasses implement `score_features` (differentiable almost everywhere) and, where they fit something,
-    `fit` and `is_fitted`; the deployed `score` and the `attack_objective` are the same function, so the paper's
-    L-inf attack on it is adaptive. Class predictions are the unmodified network's (argmax of its logits)."""
+    Subclasses implement `score_features` (differentiable almost everywhere) and, where they fit something, `fit`
+    (and `is_fitted` read off their state); the deployed `score` and the `attack_objective` are the same function,
+    so the paper's L-inf attack on it is adaptive. Class predictions are the unmodified network's (argmax of its
+    logits)."""
 
     recipe = "vanilla"
 
@@ -186,16 +187,8 @@ class FeatureDetector(Detector):
         """[B] score, higher = more in-distribution."""
         raise NotImplementedError(f"{self.name}: implement score_features")
 
-    def is_fitted(self) -> bool:
-        """Whether `fit` (or `load_fitted_state`) has run; detectors that fit nothing are always fitted."""
-        return True
-
     def _scores_and_logits(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_fitted():
-            raise NotFittedError(
-                f"{self.name} scores with statistics of the training features: call fit(model, data) or "
-                "load_fitted_state(state) before scoring"
-            )
+        # a detector that fits (KNN, ViM, ReAct) refuses to score unfitted: `PostHocFit` wraps the public members
         logits, features, head = penultimate(model, x)
         return self.score_features(logits, features, head).float(), logits
 
