@@ -1,5 +1,10 @@
 """Mahalanobis: class-conditional Gaussians on features + logistic regression (Lee et al., NeurIPS 2018;
-SPEC section 4 'Mahalanobis in detail')."""
+SPEC section 4 'Mahalanobis in detail').
+
+Its layers (DESIGN "Bring your own model"): `--set mahalanobis.layers=layer1,layer2` names submodules (as in
+`model.named_modules()`) whose outputs are taken by forward hooks; unset, the maps of `model.forward_features`
+(our architectures: the paper's four layers), or for a model without that method its penultimate features (the
+input of its final nn.Linear, one layer)."""
 
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ from sklearn.linear_model import LogisticRegressionCV
 
 from baselines.odin import ge_sign
 from oodbench.detector import Detector
-from oodbench.errors import ConfigError
+from oodbench.errors import ConfigError, FeatureError
+from oodbench.features import find_modules, named_outputs, penultimate
 from oodbench.metrics import fpr_at_tpr
 from oodbench.registry import register_detector
 from oodbench.scoring import map_batches
@@ -28,6 +34,7 @@ class MahalanobisConfig:
     fgsm_eps: float = 0.05
     magnitude: float | None = None  # fix instead of tuning
     regression: str = "converged"  # "converged" | "released" (the atom-code preset; --switch mahalanobis_regression)
+    layers: tuple[str, ...] | None = None  # submodule names; None: forward_features, else the penultimate features
 
 
 #: LogisticRegressionCV settings per `regression`: "released" is `tune_mahalanobis_hyperparams.py`'s
@@ -48,9 +55,31 @@ def fit_regression(features: np.ndarray, targets: np.ndarray, regression: str) -
     return fitted
 
 
-def pooled_features(model, x: torch.Tensor) -> list[torch.Tensor]:
-    """The Mahalanobis layers of `model.forward_features`, mean-pooled over space: list of [B, C_l]."""
-    _, maps = model.forward_features(x)
+def pooled_features(model, x: torch.Tensor, layers: tuple[str, ...] | None = None) -> list[torch.Tensor]:
+    """The Mahalanobis layers, mean-pooled over space: list of [B, C_l], differentiable in `x` under autograd.
+
+    `layers`: the outputs of those submodules (`oodbench.features.named_outputs`). None: the maps of
+    `model.forward_features` (our architectures' `(logits, [maps])`), or, for a model without that method, its
+    penultimate features (`oodbench.features.penultimate`: the input of its final nn.Linear)."""
+    if layers is not None:
+        maps = named_outputs(model, x, layers)
+    elif hasattr(model, "forward_features"):
+        out = model.forward_features(x)
+        if not (isinstance(out, tuple | list) and len(out) == 2 and isinstance(out[1], tuple | list)):
+            # e.g. a timm model's own forward_features (one un-pooled tensor): unpacking it would split the batch
+            raise FeatureError(
+                f"{type(model).__name__}.forward_features returns {type(out).__name__}, not (logits, [feature maps]) "
+                "as oodbench's architectures do; name the Mahalanobis layers with --set mahalanobis.layers=NAME,..."
+            )
+        maps = out[1]
+    else:
+        maps = [penultimate(model, x)[1]]
+    for name, m in zip(layers or range(len(maps)), maps):
+        if m.ndim not in (2, 4):
+            raise FeatureError(
+                f"Mahalanobis layer {name!r} gives a {m.ndim}-d output {tuple(m.shape)}; it scores [B, C] features "
+                "or [B, C, H, W] maps (mean-pooled): name another layer with --set mahalanobis.layers=NAME,..."
+            )
     return [m.mean(dim=(2, 3)) if m.ndim == 4 else m for m in maps]
 
 
@@ -62,8 +91,9 @@ def gaussian_scores(features: torch.Tensor, means: torch.Tensor, precision: torc
 
 @register_detector("mahalanobis", summary="Mahalanobis distance on 4 layers + logistic regression (Lee et al. 2018)")
 class Mahalanobis(Detector):
-    """Per layer l: M_l(x) = max_c -1/2 d_c^2 after preprocessing x towards its nearest class
-    (x~ = x - eta * sign(grad), no clamp); score = -P(OOD) = -sigmoid(w . M(x~) + b).
+    """Per layer l (`pooled_features`: the paper's four layers of our architectures, or the Config's `layers`):
+    M_l(x) = max_c -1/2 d_c^2 after preprocessing x towards its nearest class (x~ = x - eta * sign(grad), no clamp);
+    score = -P(OOD) = -sigmoid(w . M(x~) + b).
 
     Statistics: class means and one tied covariance per layer from the full training set (no augmentation).
     Regression: 500 in-dist images vs their FGSM(0.05) copies; magnitude chosen on another 500 + 500 by
@@ -82,6 +112,8 @@ class Mahalanobis(Detector):
                 f"unknown Mahalanobis regression '{self.config.regression}' "
                 f"(mahalanobis.regression / --switch mahalanobis_regression: {', '.join(REGRESSIONS)})"
             )
+        if self.config.layers is not None and not self.config.layers:
+            raise ConfigError("mahalanobis.layers names no layer: give module names (e.g. layer1,layer2) or none")
         self.means: list[torch.Tensor] = []
         self.precisions: list[torch.Tensor] = []
         self.weight = torch.zeros(0)
@@ -101,20 +133,20 @@ class Mahalanobis(Detector):
         layers = range(len(means))
         if magnitude <= 0:
             with torch.enable_grad() if differentiable else torch.no_grad():
-                feats = pooled_features(model, x)
+                feats = pooled_features(model, x, self.config.layers)
                 return torch.stack(
                     [gaussian_scores(feats[i], means[i], precisions[i]).max(dim=1).values for i in layers], dim=1
                 )
         with torch.enable_grad():
             x_req = x.detach().requires_grad_(True)
-            feats = pooled_features(model, x_req)
+            feats = pooled_features(model, x_req, self.config.layers)
             grads = []
             for i in layers:
                 loss = (-gaussian_scores(feats[i], means[i], precisions[i]).max(dim=1).values).mean()
                 grads.append(torch.autograd.grad(loss, x_req, retain_graph=i < len(means) - 1)[0])
         perturbed = torch.cat([x - magnitude * ge_sign(g) for g in grads])  # [L * B, ...]
         with torch.enable_grad() if differentiable else torch.no_grad():
-            feats = pooled_features(model, perturbed)
+            feats = pooled_features(model, perturbed, self.config.layers)
             b = len(x)
             return torch.stack(
                 [
@@ -130,7 +162,7 @@ class Mahalanobis(Detector):
         with torch.no_grad():
             for start in range(0, len(data.train), data.batch_size):
                 x = data.train.images[start : start + data.batch_size].to(data.device).float() / 255.0
-                for i, f in enumerate(pooled_features(model, x)):
+                for i, f in enumerate(pooled_features(model, x, self.config.layers)):
                     if len(feats) <= i:
                         feats.append([])
                     feats[i].append(f.double().cpu())
@@ -152,6 +184,8 @@ class Mahalanobis(Detector):
         return torch.clamp(x + self.config.fgsm_eps * ge_sign(grad), 0.0, 1.0)
 
     def fit(self, model, data):
+        if self.config.layers is not None:
+            find_modules(model, self.config.layers)  # an unknown layer name fails before any forward pass
         model.eval()
         self._fit_statistics(model, data)
         tune = data.tune_in
@@ -187,6 +221,10 @@ class Mahalanobis(Detector):
         return map_batches(lambda z: self._layer_scores(model, z, magnitude).cpu(), x, batch_size).double().numpy()
 
     # ----- persistence --------------------------------------------------------------------------------
+    def is_fitted(self):
+        """The class statistics are known (fitted or loaded)."""
+        return bool(self.means)
+
     def fitted_state(self):
         return {
             "means": list(self.means),

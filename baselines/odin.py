@@ -112,6 +112,11 @@ class ODIN(Detector):
                 best = (fpr, float(magnitude))
         self.magnitude = best[1]
 
+    def is_fitted(self):
+        """A magnitude is known: tuned by `fit`, loaded, or fixed by the Config (`odin.magnitude`, or the published
+        value under `magnitude_source="published"`)."""
+        return self.magnitude is not None
+
     def fitted_state(self):
         return {"magnitude": float(self.magnitude if self.magnitude is not None else -1.0)}
 

@@ -16,6 +16,7 @@ that trains that network. Scores follow one convention: **higher = more in-distr
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from oodbench.errors import NotFittedError
 
 if TYPE_CHECKING:
     from oodbench.data.base import AuxPool, ImageSet, InDistribution
@@ -152,12 +155,50 @@ class TrainingRecipe:
         return F.softmax(model(x), dim=1)[:, self.num_classes]
 
 
+#: the members that score or attack inputs: a detector that needs a fit refuses them until it is fitted
+SCORING_MEMBERS = (
+    "score",
+    "score_and_predict",
+    "search_score",
+    "attack_objective",
+    "adaptive_objective",
+    "margin_objective",
+)
+
+
 class PostHocFit:
     """What a detector fits on a trained network before scoring (SPEC section 4, "Tuning data"), and the fitted
-    state the runner saves (`torch.save`) and restores (`torch.load(weights_only=True)`)."""
+    state the runner saves (`torch.save`) and restores (`torch.load(weights_only=True)`).
+
+    A detector that overrides `fit` needs it (`needs_fit`, set automatically; a class whose fit is optional sets
+    it False): until `fit` or `load_fitted_state` has run (`is_fitted`), its scoring members (`SCORING_MEMBERS`)
+    raise `NotFittedError` instead of scoring with unfitted defaults (DESIGN: "refuses to score before fitting").
+    Subclasses get this without writing it: `__init_subclass__` wraps their members."""
 
     #: tunes post-hoc parameters on auxiliary images (ODIN's magnitude)
     tunes_on_aux: ClassVar[bool] = False
+    #: scoring needs `fit` (or `load_fitted_state`) first; default: whether the class overrides `fit`
+    needs_fit: ClassVar[bool] = False
+    _fitted: bool = False  # set by the (wrapped) fit / load_fitted_state of the instance
+    _fitting: bool = False  # inside them
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "needs_fit" not in cls.__dict__:
+            cls.needs_fit = cls.fit is not PostHocFit.fit
+        for name in ("fit", "load_fitted_state"):
+            if name in cls.__dict__:
+                setattr(cls, name, _marks_fitted(cls.__dict__[name]))
+        if cls.needs_fit:
+            for name in SCORING_MEMBERS:
+                member = getattr(cls, name, None)
+                if member is not None and not getattr(member, "refuses_unfitted", False):
+                    setattr(cls, name, _refuses_unfitted(member))
+
+    def is_fitted(self) -> bool:
+        """Whether the detector may score: it needs no fit, or `fit` / `load_fitted_state` has run. Detectors may
+        read it off their fitted state instead (ODIN: a magnitude, tuned or fixed by its Config)."""
+        return not self.needs_fit or self._fitted
 
     def fit(self, model: nn.Module, data: FitData) -> None:
         """Fit post-hoc parameters (ODIN magnitude, Mahalanobis statistics). Default: nothing to fit."""
@@ -172,6 +213,40 @@ class PostHocFit:
     def fit_info(self) -> dict[str, Any]:
         """Human-readable facts about the fit for run metadata (e.g. the chosen magnitude)."""
         return {}
+
+
+def _marks_fitted(method: Callable) -> Callable:
+    """`fit` / `load_fitted_state` that mark the instance fitted when they return; while they run, the detector
+    may score (a fit that tunes a parameter on its own scores)."""
+
+    @functools.wraps(method)
+    def marking(self, *args: Any, **kwargs: Any) -> Any:
+        outer, self._fitting = self._fitting, True
+        try:
+            result = method(self, *args, **kwargs)
+        finally:
+            self._fitting = outer
+        self._fitted = True
+        return result
+
+    return marking
+
+
+def _refuses_unfitted(method: Callable) -> Callable:
+    """A scoring member that raises `NotFittedError` while its detector `is_fitted()` is False."""
+
+    @functools.wraps(method)
+    def checked(self, *args: Any, **kwargs: Any) -> Any:
+        if not (self._fitting or self.is_fitted()):
+            raise NotFittedError(
+                f"{self.name or type(self).__name__} is not fitted: call fit(model, data) or "
+                f"load_fitted_state(state) before {method.__name__} (`oodbench run` fits it on the training and "
+                "tuning data)"
+            )
+        return method(self, *args, **kwargs)
+
+    checked.refuses_unfitted = True
+    return checked
 
 
 class ScoringRule:
@@ -298,12 +373,17 @@ def msp(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
-    """Convert a command-line string to the field's type (int, float, bool, str, tuple of numbers)."""
+    """Convert a command-line string to the field's type (int, float, bool, str, tuple of numbers or of names,
+    comma-separated: `--set mahalanobis.layers=layer1,layer2`; "none" for an optional field)."""
     if not isinstance(value, str):
         return value
     text = str(annotation)
     if "bool" in text:
         return value.lower() in ("1", "true", "yes", "on")
+    if "tuple[str" in text:
+        if "None" in text and value.lower() == "none":
+            return None
+        return tuple(name.strip() for name in value.split(",") if name.strip())
     if "tuple" in text:
         return tuple(float(v) if "." in v else int(v) for v in value.split(",") if v)
     if text.startswith("int") or text == "<class 'int'>":

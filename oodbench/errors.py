@@ -26,7 +26,7 @@ class ScoreError(OodbenchError):
 
 
 class FeatureError(OodbenchError):
-    """A model whose penultimate features cannot be found (no final nn.Linear classifier head)."""
+    """A model whose features cannot be found: no final nn.Linear classifier head, or no submodule of a given name."""
 
 
 class NotFittedError(OodbenchError):

@@ -1,5 +1,5 @@
-"""Penultimate features of any `nn.Module` with a final linear head, captured by a forward hook (DESIGN "Bring
-your own model": feature-based detectors never require a model method).
+"""Penultimate features of any `nn.Module` with a final linear head, and the outputs of any named submodules,
+captured by forward hooks (DESIGN "Bring your own model": feature-based detectors never require a model method).
 
 The post-hoc detectors beyond the paper (SPEC section 4: KNN, ViM, ReAct, ASH) score the input of the network's
 final `nn.Linear`, the penultimate feature vector h(x), and some re-apply the head to modified features
@@ -14,7 +14,8 @@ it is adaptive (it attacks exactly what is deployed).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import difflib
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from oodbench.detector import Detector
-from oodbench.errors import FeatureError, NotFittedError
+from oodbench.errors import FeatureError
 
 if TYPE_CHECKING:
     from oodbench.detector import FitData
@@ -87,6 +88,64 @@ def penultimate(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     return logits, features, head
 
 
+def find_modules(model: nn.Module, names: Sequence[str]) -> list[nn.Module]:
+    """The submodules of `model` called `names` (qualified names as in `model.named_modules()`, e.g. "layer1" or
+    "stages.2"), in that order; a `FeatureError` naming close matches and some of the available names otherwise."""
+    model = getattr(model, "_orig_mod", model)
+    modules = {name: module for name, module in model.named_modules() if name}
+    unknown = [name for name in names if name not in modules]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(modules), n=3, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        shown = ", ".join(list(modules)[:12]) or "none"
+        if len(modules) > 12:
+            shown += f", ... and {len(modules) - 12} more (all: [name for name, _ in model.named_modules()])"
+        raise FeatureError(
+            f"{type(model).__name__} has no submodule {', '.join(repr(n) for n in unknown)}{hint} "
+            f"(its modules: {shown})"
+        )
+    return [modules[name] for name in names]
+
+
+def named_outputs(model: nn.Module, x: torch.Tensor, names: Sequence[str]) -> list[torch.Tensor]:
+    """The outputs of the submodules `names` (see `find_modules`) in one forward pass of `model` on `x`.
+
+    Each output is cloned in its hook, so it is the module's own output even when a later in-place operation
+    (`ReLU(inplace=True)`) rewrites that tensor, and it keeps the autograd graph of the caller's mode (gradients
+    flow to `x` outside `torch.no_grad`). Hooks are removed on exit, also on errors. A `FeatureError` for a module
+    that is not called exactly once per forward, or whose output is not a tensor."""
+    model = getattr(model, "_orig_mod", model)  # as in `penultimate`: a compiled graph would not see the hooks
+    modules = find_modules(model, names)
+    seen: dict[int, list] = {i: [] for i in range(len(names))}
+    handles = []
+    try:
+        for i, module in enumerate(modules):
+
+            def hook(_module: nn.Module, _inputs: tuple, output, i: int = i) -> None:
+                seen[i].append(output.clone() if isinstance(output, torch.Tensor) else output)
+
+            handles.append(module.register_forward_hook(hook))
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    outputs = []
+    for i, name in enumerate(names):
+        if len(seen[i]) != 1:
+            raise FeatureError(
+                f"the submodule '{name}' of {type(model).__name__} ran {len(seen[i])} times in one forward pass; "
+                "name a module that runs exactly once (a module reused in several places, such as one shared "
+                "ReLU, has no single output: name its parent block instead)"
+            )
+        if not isinstance(seen[i][0], torch.Tensor):
+            raise FeatureError(
+                f"the submodule '{name}' of {type(model).__name__} returns {type(seen[i][0]).__name__}, not a "
+                "tensor; name a module whose output is one tensor"
+            )
+        outputs.append(seen[i][0])
+    return outputs
+
+
 def training_features(
     model: nn.Module, data: FitData, max_images: int | None, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -117,9 +176,10 @@ def training_features(
 class FeatureDetector(Detector):
     """A post-hoc detector on the vanilla network whose score is `score_features(logits, features, head)`.
 
-    Subclasses implement `score_features` (differentiable almost everywhere) and, where they fit something,
-    `fit` and `is_fitted`; the deployed `score` and the `attack_objective` are the same function, so the paper's
-    L-inf attack on it is adaptive. Class predictions are the unmodified network's (argmax of its logits)."""
+    Subclasses implement `score_features` (differentiable almost everywhere) and, where they fit something, `fit`
+    (and `is_fitted` read off their state); the deployed `score` and the `attack_objective` are the same function,
+    so the paper's L-inf attack on it is adaptive. Class predictions are the unmodified network's (argmax of its
+    logits)."""
 
     recipe = "vanilla"
 
@@ -127,16 +187,8 @@ class FeatureDetector(Detector):
         """[B] score, higher = more in-distribution."""
         raise NotImplementedError(f"{self.name}: implement score_features")
 
-    def is_fitted(self) -> bool:
-        """Whether `fit` (or `load_fitted_state`) has run; detectors that fit nothing are always fitted."""
-        return True
-
     def _scores_and_logits(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_fitted():
-            raise NotFittedError(
-                f"{self.name} scores with statistics of the training features: call fit(model, data) or "
-                "load_fitted_state(state) before scoring"
-            )
+        # a detector that fits (KNN, ViM, ReAct) refuses to score unfitted: `PostHocFit` wraps the public members
         logits, features, head = penultimate(model, x)
         return self.score_features(logits, features, head).float(), logits
 

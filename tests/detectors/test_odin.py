@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from baselines.odin import ODIN, ge_sign
 from oodbench.detector import FitData
+from oodbench.errors import NotFittedError
 from tests.detectors.tiny import K, Linear, _set, batch
 
 
@@ -32,3 +36,15 @@ def test_odin_tunes_the_magnitude_on_the_grid():
     assert det.magnitude in {0.0, 0.0002, 0.0004, 0.0006, 0.0008, 0.001}
     assert set(det.tuning) == {"0.0000", "0.0002", "0.0004", "0.0006", "0.0008", "0.0010"}
     assert det.tuning[f"{det.magnitude:.4f}"] == min(det.tuning.values())
+
+
+def test_odin_refuses_to_score_until_its_magnitude_is_known():
+    """Unfitted, ODIN would score with magnitude 0; a magnitude fixed by the Config (or published, atom-code)
+    counts as fitted, so no tuning data is needed then."""
+    model, (x, _) = Linear(K), batch()
+    with pytest.raises(NotFittedError, match="odin is not fitted"):
+        ODIN(K).score(model, x)
+    assert ODIN(K, ODIN.make_config(None, {"magnitude": "0.002"})).is_fitted()
+    ctx = SimpleNamespace(arch="densenet100", in_dist=SimpleNamespace(name="cifar10"))
+    published = ODIN(K, ODIN.resolve_defaults(ODIN.Config(magnitude_source="published"), ctx))
+    assert published.is_fitted() and published.magnitude == 0.0016
