@@ -162,6 +162,13 @@ class RunOptions:
         help="weights of the evaluated network: a state dict (for --model or a registered --arch), a TorchScript "
         "file, or a pickled module (needs --trust-pickle)",
     )
+    features: list[str] | None = option(
+        type=parse_csv,
+        metavar="LAYER,LAYER",
+        help="layers (module names of the model) that feature-based detectors such as Mahalanobis score, for a "
+        "model without forward_features; sets METHOD.layers of each such method (default: the architecture's list, "
+        "else the input of the final nn.Linear)",
+    )
     trust_pickle: bool = option(
         False, action="store_true", help="allow --weights to be a pickled Python module (unpickling runs its code)"
     )

@@ -416,6 +416,12 @@ def plan_methods(
     init_hash = file_sha256(options.init) if options.init else None
     training_switches = {k: getattr(protocol, k) for k in TRAINING_SWITCHES}
     method_plans = []
+    with_layers = [m for m in names.methods if "layers" in {f.name for f in dataclasses.fields(DETECTORS.get(m).Config)}]
+    if options.features and not with_layers:
+        raise ConfigError(
+            f"--features names layers for feature-based detectors that take them (e.g. mahalanobis); none of "
+            f"--methods {', '.join(names.methods)} does"
+        )
     for name in names.methods:
         cls = DETECTORS.get(name)
         if name in (given_detectors or {}):
@@ -427,7 +433,10 @@ def plan_methods(
                 )
             config = detector.config
         else:
-            config = cls.make_config(build, options.overrides.get(name))
+            settings = dict(options.overrides.get(name, {}))
+            if options.features and "layers" in {f.name for f in dataclasses.fields(cls.Config)}:
+                settings.setdefault("layers", ",".join(options.features))  # --set NAME.layers wins
+            config = cls.make_config(build, settings)
             detector = cls(in_dist.num_classes, config)
         if given is not None:
             device = next((t.device for t in given.module.parameters()), torch.device("cpu"))

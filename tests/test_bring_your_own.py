@@ -193,14 +193,20 @@ def not_a_module():
     return "a string"
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One cache for the module's runs: the built-in sets are generated once, not per case."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture
-def user_files(tmp_path, monkeypatch):
+def user_files(tmp_path, monkeypatch, shared_cache):
     """A user module on sys.path and weight files of each kind."""
     (tmp_path / "usernets.py").write_text(
         "from tests.test_bring_your_own import Wrapped, not_a_module, seven_outputs  # noqa: F401\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("OODBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OODBENCH_CACHE", str(shared_cache))
     net = Wrapped()
     torch.save(net.state_dict(), tmp_path / "state.pt")
     torch.save({f"module.{k}": v for k, v in net.state_dict().items()}, tmp_path / "dataparallel.pt")
@@ -365,6 +371,7 @@ MATRIX = {
         ["--model", "usernets:Wrapped", "--train-only"],
         ["--weights", "{d}/scripted.pt", "--model", "usernets:Wrapped"],
         ["--methods", "oe", "--in", "folder:{d}/images"],  # a folder set has no auxiliary pool
+        ["--features", "net.0"],  # msp takes no layers
     ],
 }
 CASES = [(kind, args) for kind, cases in MATRIX.items() for args in cases]
@@ -393,3 +400,19 @@ def test_switch_choices_name_every_corruption_suite():
     from oodbench.config import SWITCH_CHOICES
 
     assert set(SWITCH_CHOICES["corruption_suite"]) == set(SUITES)
+
+
+def test_mahalanobis_on_a_model_without_forward_features_by_layer_name(tmp_path, monkeypatch, shared_cache):
+    """`features=` (`--features`) names the layers Mahalanobis scores on a user's module (issue 10, point 3)."""
+    import oodbench
+
+    monkeypatch.setenv("OODBENCH_CACHE", str(shared_cache))
+    torch.manual_seed(0)
+    result = oodbench.evaluate(
+        Wrapped(), "mahalanobis", threats="natural", ood="tiles", profile="smoke", max_ood=16, features=["net.1"],
+        out=tmp_path / "run", progress=False, log=lambda m: None,
+    )
+    record = json.loads((result.run_dir / "run.json").read_text())
+    assert record["methods"]["mahalanobis"]["settings"]["layers"] == ["net.1"]
+    fpr = result.frame.query("metric == 'fpr' and ood_set == 'tiles'")["value"]
+    assert len(fpr) == 1 and 0 <= float(fpr.iloc[0]) <= 100
