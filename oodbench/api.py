@@ -192,12 +192,22 @@ def detector_from_score(fn: Callable[..., torch.Tensor], name: str, summary: str
     if arity not in (1, 2):
         raise ConfigError(f"detector_from_score: fn must take (logits) or (model, x); it takes {arity} arguments")
 
-    def objective(self, model, x):
-        return (fn(model(x)) if arity == 1 else fn(model, x)).float()
+    if arity == 1:  # a function of the logits: the base class derives score and score_and_predict from it
+        members = {
+            "score_logits": lambda self, logits: fn(logits).float(),
+            "attack_objective": lambda self, model, x: fn(model(x)).float(),
+        }
+    else:
 
-    def score(self, model, x):
-        with torch.no_grad():
-            return objective(self, model, x)
+        def score_and_predict(self, model, x):
+            with torch.no_grad():
+                return fn(model, x).float(), self.predict_logits(model(x))
+
+        members = {
+            "score": lambda self, model, x: _no_grad(fn, model, x),
+            "score_and_predict": score_and_predict,
+            "attack_objective": lambda self, model, x: fn(model, x).float(),
+        }
 
     doc = (fn.__doc__ or "").strip().splitlines()
     cls = type(
@@ -207,11 +217,15 @@ def detector_from_score(fn: Callable[..., torch.Tensor], name: str, summary: str
             "__doc__": summary or (doc[0] if doc else f"score {getattr(fn, '__name__', 'fn')} (detector_from_score)"),
             "__module__": getattr(fn, "__module__", __name__),
             "recipe": "vanilla",
-            "score": score,
-            "attack_objective": objective,
+            **members,
         },
     )
     return register_detector(name, summary=summary)(cls)
+
+
+def _no_grad(fn, model, x):
+    with torch.no_grad():
+        return fn(model, x).float()
 
 
 def _stderr(message: str) -> None:

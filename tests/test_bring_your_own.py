@@ -21,11 +21,11 @@ PY = sys.executable
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 
 
-def _env(tmp_path: Path, **extra: str) -> dict:
+def _env(tmp_path: Path, cache: Path, **extra: str) -> dict:
     env = dict(os.environ)
     env.update(
         PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]),
-        OODBENCH_CACHE=str(tmp_path / "cache"),
+        OODBENCH_CACHE=str(cache),
         OMP_NUM_THREADS="2",
         OODBENCH_PROGRESS="0",
         MPLBACKEND="Agg",
@@ -47,14 +47,14 @@ def _oodbench(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProc
     return subprocess.run([PY, "-m", "oodbench", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_readme_example_runs_as_written(tmp_path):
+def test_readme_example_runs_as_written(tmp_path, shared_cache):
     """mynet.py, the Python snippet and the CLI snippet of the README, run as written (the CLI's `oodbench` is
     `python -m oodbench`); the two paths give the same numbers on the same weights."""
     blocks = _readme_blocks()
     module, script = blocks["python"][:2]
     (tmp_path / "mynet.py").write_text(module)
     (tmp_path / "example.py").write_text(script)
-    env = _env(tmp_path)
+    env = _env(tmp_path, shared_cache)
     done = subprocess.run([PY, "example.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "neg-entropy" in done.stdout and "L-inf FPR" in done.stdout
@@ -126,16 +126,16 @@ def _user_package(root: Path, entry_point: bool) -> None:
         (info / "entry_points.txt").write_text("[oodbench.plugins]\nuserpkg = userpkg.plugin\n")
 
 
-TINY_CLI = ["--profile", "smoke", "--max-ood", "16", "--pgd-steps", "2", "--ood", "tiles", "--no-progress"]
+TINY_CLI = ["--profile", "smoke", "--max-ood", "8", "--pgd-steps", "2", "--ood", "tiles", "--no-progress"]
 
 
-def test_user_package_by_entry_point_and_by_plugin_under_all_four_threats(tmp_path):
+def test_user_package_by_entry_point_and_by_plugin_under_all_four_threats(tmp_path, shared_cache):
     """From a folder outside the repository: the entry point registers the package's detectors (listed with their
     origin), one command evaluates the user's factory under the four threat models, table and check work;
     `--plugin` loads the same module without the entry point."""
     with_entry = tmp_path / "site"
     _user_package(with_entry, entry_point=True)
-    env = _env(with_entry)
+    env = _env(with_entry, shared_cache)
     listing = _oodbench(["list"], tmp_path, env)
     assert listing.returncode == 0 and "[from entry point userpkg (userpkg)]" in listing.stdout
     out = tmp_path / "runs/entry"
@@ -159,7 +159,7 @@ def test_user_package_by_entry_point_and_by_plugin_under_all_four_threats(tmp_pa
 
     plain = tmp_path / "plain"
     _user_package(plain, entry_point=False)
-    env = _env(plain)
+    env = _env(plain, shared_cache)
     missing = _oodbench(["run", "--model", "userpkg.plugin:build", "--methods", "margin", *TINY_CLI], tmp_path, env)
     assert missing.returncode == 2 and "unknown detector 'margin'" in missing.stderr and "--plugin" in missing.stderr
     assert "entry point" in missing.stderr
