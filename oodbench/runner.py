@@ -347,6 +347,11 @@ def load_data(options: RunOptions, protocol: Protocol, profile: Profile, methods
     root = Path(options.data_root) if options.data_root else None
     in_dist = load_in_distribution(options.in_dist, root, download=options.download)
     ood_names = list(options.ood) if options.ood else list(in_dist.default_ood)
+    if not ood_names:
+        raise ConfigError(
+            f"in-distribution set '{options.in_dist}' has no default OOD test sets: pass --ood NAME[,NAME] "
+            "(registered sets, folder:PATH or npy:PATH; `oodbench list`)"
+        )
     ood_sets = {
         name: _subsample(load_ood(name, root, download=options.download), profile.max_ood, name) for name in ood_names
     }

@@ -232,7 +232,7 @@ ERROR_CASES = [
     (["--model", "no_such_module:build"], "cannot import module 'no_such_module'"),
     (["--model", "usernets:absent"], "has no 'absent'"),
     (["--model", "usernets:not_a_module"], "not a torch.nn.Module"),
-    (["--model", "usernets:seven_outputs"], "has 7 outputs; detector 'msp' needs 10"),
+    (["--model", "usernets:seven_outputs"], "has 7 outputs; detector 'msp' needs 10, one per class"),
     (["--model", "usernets:Wrapped", "--weights", "{d}/absent.pt"], "not found"),
     (["--model", "usernets:Wrapped", "--weights", "{d}/foreign.pt"], "missing in the file: net.1.bias"),
     (["--model", "usernets:Wrapped", "--weights", "{d}/truncated.pt"], "cannot be read"),
@@ -358,7 +358,7 @@ MATRIX = {
         ["--pgd-steps", "0"],
         ["--pgd-restarts", "0"],
         ["--pgd-eps", "0"],
-        ["--pgd-step", "-1/255"],
+        ["--pgd-step=-1/255"],
         ["--lr", "0"],
         ["--batch-size", "0"],
         ["--square-queries", "-1"],
@@ -370,7 +370,7 @@ MATRIX = {
         ["--model", "usernets:Wrapped", "--init", "{d}/state.pt"],
         ["--model", "usernets:Wrapped", "--train-only"],
         ["--weights", "{d}/scripted.pt", "--model", "usernets:Wrapped"],
-        ["--methods", "oe", "--in", "folder:{d}/images"],  # a folder set has no auxiliary pool
+        ["--in", "folder:{d}/images"],  # a user's folder set without --ood: no built-in OOD sets taken silently
         ["--features", "net.0"],  # msp takes no layers
     ],
 }
@@ -381,10 +381,19 @@ CASES = [(kind, args) for kind, cases in MATRIX.items() for args in cases]
 def test_run_option_error_matrix(user_files, capsys, kind, extra):
     from oodbench.cli import main
 
-    images = user_files / "images" / "cls"
-    images.mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+
+    for split in ("train", "test"):  # a valid user folder set: two classes, two images each
+        for label in ("a", "b"):
+            folder = user_files / "images" / split / label
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(2):
+                Image.new("RGB", (32, 32), (40 * i, 100, 200 if label == "a" else 0)).save(folder / f"{i}.png")
     out = user_files / "run"
-    args = [*BASE, "--out", str(out), *[a.replace("{d}", str(user_files)) for a in extra]]
+    base = BASE
+    if extra == ["--in", "folder:{d}/images"]:  # this case is about the missing --ood
+        base = [a for a in BASE if a not in ("--ood", "tiles")]
+    args = [*base, "--out", str(out), *[a.replace("{d}", str(user_files)) for a in extra]]
     try:
         code = main(args)
     except SystemExit as exit_:  # argparse: usage and the message on stderr

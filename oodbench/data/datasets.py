@@ -453,8 +453,8 @@ def load_folder_in(name: str, path: Path) -> InDistribution:
         num_classes=len(classes),
         normalization=(mean, std),
         augment=True,
-        default_ood=("tiles", "scenes_crop", "scenes_resize"),
-        default_aux="photos",
+        default_ood=(),  # a user's set: the OOD sets are the user's choice (--ood), never the built-in toy sets
+        default_aux=None,
         schedule="cifar",
     )
 

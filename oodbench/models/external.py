@@ -189,10 +189,10 @@ def check_head(model: nn.Module, x: torch.Tensor, head_size: int, num_classes: i
         raise ConfigError(f"the given model returns {shape}, not logits [B, outputs]; {INPUT_CONVENTION}")
     if out.shape[1] != head_size:
         extra = head_size - num_classes
-        need = f"{num_classes}" + (f" + {extra} extra output(s)" if extra else "")
+        need = f"{num_classes} + {extra} extra output(s) = {head_size}" if extra else f"{num_classes}, one per class"
         raise ConfigError(
-            f"the given model has {out.shape[1]} outputs; detector '{method}' needs {need} = {head_size} on this "
-            f"in-distribution set ({num_classes} classes)"
+            f"the given model has {out.shape[1]} outputs; detector '{method}' needs {need} on this in-distribution "
+            f"set ({num_classes} classes)"
         )
 
 

@@ -164,10 +164,12 @@ def _suite_in_distribution(detector, model, id_images, id_labels, device, batch:
     from types import SimpleNamespace
 
     from oodbench.data.base import ImageSet
+    from oodbench.rundir import RunDir
     from oodbench.runner import in_distribution_scores
 
     plan = SimpleNamespace(
         run_dir=run_dir,
+        layout=RunDir(run_dir),
         test=ImageSet(id_images, id_labels, "bench-id", "built-in"),
         options=SimpleNamespace(batch_size=batch),
         profile=SimpleNamespace(eval_batch=batch),
