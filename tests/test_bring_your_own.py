@@ -425,3 +425,23 @@ def test_mahalanobis_on_a_model_without_forward_features_by_layer_name(tmp_path,
     assert record["methods"]["mahalanobis"]["settings"]["layers"] == ["net.1"]
     fpr = result.frame.query("metric == 'fpr' and ood_set == 'tiles'")["value"]
     assert len(fpr) == 1 and 0 <= float(fpr.iloc[0]) <= 100
+
+
+def test_train_returns_the_network_and_checkpoint_that_evaluate_takes(tmp_path, monkeypatch, shared_cache):
+    """oodbench.train: the method's network by its recipe and its checkpoint; a second call finds it (no
+    training), and evaluate(model, ...) scores the returned network."""
+    import oodbench
+    from oodbench.checkpoint import load_checkpoint
+
+    monkeypatch.setenv("OODBENCH_CACHE", str(shared_cache))
+    settings = dict(in_dist="digits", profile="smoke", epochs=1, max_train=64, out=tmp_path / "run", progress=False)
+    model, checkpoint = oodbench.train("msp", arch="small_cnn", **settings)
+    assert checkpoint.is_file() and load_checkpoint(checkpoint)["meta"]["recipe"] == "vanilla"
+    logs: list[str] = []
+    again, same = oodbench.train("msp", arch="small_cnn", log=logs.append, **settings)
+    assert same == checkpoint and not any("epoch" in line for line in logs)
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(again(x), model(x))
+    result = oodbench.evaluate(model, "msp", in_dist="digits", ood="tiles", threats="natural", profile="smoke",
+                               max_ood=8, out=tmp_path / "eval", progress=False, log=lambda m: None)
+    assert set(result.frame["method"]) == {"msp"} and result.run_dir == tmp_path / "eval"

@@ -168,8 +168,8 @@ def model_fingerprint(model: nn.Module) -> str:
     """sha256 over the names, shapes and bytes of the parameters and buffers (identity of a given network)."""
     digest = hashlib.sha256(type(model).__name__.encode())
     for name, tensor in model.state_dict().items():
-        data = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tuple(data.shape)}:{data.dtype}".encode())
+        data = tensor.detach().cpu().contiguous().reshape(-1)  # 0-d buffers (BatchNorm counts) too
+        digest.update(f"{name}:{tuple(tensor.shape)}:{data.dtype}".encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 
