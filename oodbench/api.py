@@ -93,14 +93,6 @@ def _detector_names(detector) -> tuple[list[str], dict[str, Detector]]:
     return names, given
 
 
-def _run(options: RunOptions, model: nn.Module | None, detectors: dict[str, Detector], log) -> Path:
-    from oodbench.runner import execute, plan_run
-
-    plan = plan_run(options, log, model=model, detectors=detectors)
-    execute(plan, log)
-    return plan.run_dir
-
-
 def evaluate(
     model: nn.Module | str | None,
     detector: str | Detector | type | Iterable = "msp",
@@ -144,7 +136,9 @@ def evaluate(
         **({"arch": arch_name} if arch_name else {}),
         **settings,
     )
-    return Result(_run(options, model, given, log or _stderr))
+    from oodbench.runner import run
+
+    return Result(run(options, log or _stderr, model=model, detectors=given))
 
 
 def train(

@@ -694,9 +694,15 @@ def _check_run_dir(run_dir: Path, record: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------------
 # execution
 # ----------------------------------------------------------------------------------------------------
-def run(options: RunOptions, log: Callable[[str], None] = print) -> Path:
-    """Plan, then train what is missing, fit, score every unfinished cell; returns the run directory."""
-    plan = plan_run(options, log)
+def run(
+    options: RunOptions,
+    log: Callable[[str], None] = print,
+    model: torch.nn.Module | None = None,
+    detectors: dict[str, Detector] | None = None,
+) -> Path:
+    """Plan, then train what is missing, fit, score every unfinished cell; returns the run directory. The one
+    path of `oodbench run` and `oodbench.evaluate` (`model`, `detectors`: see `plan_run`)."""
+    plan = plan_run(options, log, model=model, detectors=detectors)
     execute(plan, log)
     return plan.run_dir
 
