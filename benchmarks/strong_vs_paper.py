@@ -5,6 +5,10 @@ Reads a finished `paper`-protocol run directory, evaluates the same trained netw
 both tables side by side with, per cell, whether the strong FPR is at least the paper FPR.
 
     python benchmarks/strong_vs_paper.py oodbench-runs/digits-paper-smoke-seed0
+    python benchmarks/strong_vs_paper.py RUN_DIR --apgd-steps 25 --apgd-restarts 1 --square-queries 300 --max-ood 100
+
+Any further `oodbench run` option is passed on and overrides the paper run's (CPU scale: fewer APGD steps,
+queries and images; the paper run's cells then differ in size, so compare the per-OOD-set rows of equal n).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import time
 from pathlib import Path
 
 
-def strong_command(run_dir: Path, out: Path) -> list[str]:
-    """`oodbench run` arguments that re-evaluate the networks of `run_dir` under the strong protocol."""
+def strong_command(run_dir: Path, out: Path, extra: list[str] = ()) -> list[str]:
+    """`oodbench run` arguments that re-evaluate the networks of `run_dir` under the strong protocol; `extra`
+    (e.g. `--apgd-steps 25 --square-queries 300 --max-ood 100`) comes last, so it overrides the paper run's
+    options."""
     record = json.loads((run_dir / "run.json").read_text())
     options = record["command"]
     args = [
@@ -58,14 +64,14 @@ def strong_command(run_dir: Path, out: Path) -> list[str]:
     for method, settings in options.get("overrides", {}).items():
         for key, value in settings.items():
             args += ["--set", f"{method}.{key}={value}"]
-    return args
+    return args + list(extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", help="a finished run of the paper protocol")
     parser.add_argument("--out", default=None, help="the strong run directory (default: RUN_DIR-strong)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     run_dir = Path(args.run_dir)
     out = Path(args.out) if args.out else run_dir.with_name(run_dir.name + "-strong")
 
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from oodbench.results import load_cells, summary_table, tidy
 
     started = time.time()
-    code = oodbench(strong_command(run_dir, out))
+    code = oodbench(strong_command(run_dir, out, extra))
     if code != 0:
         return code
     wall = time.time() - started

@@ -193,6 +193,14 @@ class RunOptions:
         None, "--pgd-step", type=parse_pixels, positive=True, metavar="PGD_STEP", help="PGD step size (paper: 1/255)"
     )
     pgd_eps: float | None = option(type=parse_pixels, positive=True, help="L-inf radius (paper: 8/255)")
+    apgd_steps: int | None = option(
+        type=int,
+        minimum=0,
+        help="strong protocol: APGD iterations per objective (profile paper: 100, smoke: 25; 0: no APGD)",
+    )
+    apgd_restarts: int | None = option(
+        type=int, minimum=1, help="strong protocol: APGD restarts per objective (profile paper: 5, smoke: 1)"
+    )
     square_queries: int | None = option(
         type=int,
         minimum=0,

@@ -626,8 +626,8 @@ def _attack_context(
         cache_dir=cache / "variants",
         adaptive=protocol.adaptive,
         precision=options.precision,
-        apgd_steps=profile.apgd_steps,
-        apgd_restarts=profile.apgd_restarts,
+        apgd_steps=options.apgd_steps if options.apgd_steps is not None else profile.apgd_steps,
+        apgd_restarts=options.apgd_restarts if options.apgd_restarts is not None else profile.apgd_restarts,
         square_queries=options.square_queries if options.square_queries is not None else profile.square_queries,
         progress=options.progress,
     )

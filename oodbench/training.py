@@ -82,15 +82,21 @@ def build_network(job: TrainingJob) -> nn.Module:
 
 def init_state(path: Path) -> dict[str, torch.Tensor]:
     """Weights to fine-tune from: an oodbench checkpoint, or a CIFAR ResNet `.th` file (akamaster layout)."""
+    from oodbench.models.resnet_cifar import load_pretrained_resnet
+
     try:
-        return load_checkpoint(path)["model"]
+        payload = load_checkpoint(path)
     except CheckpointError as first_error:
         try:
-            from oodbench.models.resnet_cifar import load_pretrained_resnet
-
             return load_pretrained_resnet(path).state_dict()
         except Exception:
             raise first_error from None
+    if payload.get("released"):  # a bare {'state_dict': ...} file: akamaster's ResNets have the same layout
+        try:
+            return load_pretrained_resnet(path).state_dict()
+        except CheckpointError:
+            pass
+    return payload["model"]
 
 
 def train(job: TrainingJob) -> nn.Module:

@@ -322,3 +322,21 @@ def test_load_shipped_resnet20_weights(shared_dir: Path, tmp_path: Path) -> None
     truncated.write_bytes(path.read_bytes()[:300_000])
     with pytest.raises(CheckpointError, match=str(truncated)):
         load_pretrained_resnet(truncated)
+
+
+def test_init_state_reads_akamaster_weights(tmp_path: Path) -> None:
+    """`--init FILE.th` (a `{'state_dict': module.*}` file, which the released-checkpoint reader also claims)
+    gives the ResNet's own keys, so every tensor is copied into the network to fine-tune. Regression: the file
+    was taken as a released ATOM checkpoint with `module.` keys and `--init` refused it (0 of 99 tensors fit)."""
+    from oodbench.checkpoint import transfer_weights
+    from oodbench.training import init_state
+
+    path = tmp_path / "resnet20.th"
+    akamaster_checkpoint(path, depth=20)
+    state = init_state(path)
+    assert not any(k.startswith("module.") for k in state)
+    target = create_model("resnet20", 11)
+    report = transfer_weights(target, state, str(path))
+    assert report["missing"] == [] and report["partial"] == ["linear.weight", "linear.bias"]
+    raw = torch.load(path, weights_only=True)["state_dict"]
+    assert torch.equal(target.linear.weight[:10], raw["module.linear.weight"])
