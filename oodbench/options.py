@@ -185,7 +185,8 @@ class RunOptions:
     train_only: bool = option(False, action="store_true", help="train the networks, evaluate nothing")
     lr: float | None = option(
         type=float,
-        positive=True, help="base learning rate of every training stage (paper: 0.1; lower it to fine-tune with --init)"
+        positive=True,
+        help="base learning rate of every training stage (paper: 0.1; lower it to fine-tune with --init)",
     )
     pgd_steps: int | None = option(type=int, minimum=1, help="PGD iterations (paper: 40)")
     pgd_restarts: int | None = option(type=int, minimum=1, help="PGD random restarts (paper: 1)")

@@ -311,9 +311,7 @@ def resolve_given_model(
     model = model.eval()
     device = next((t.device for t in model.parameters()), torch.device("cpu"))
     probe = data.test.subset(np.arange(min(64, len(data.test))))
-    warning = looks_unnormalised(
-        model, to_unit(probe.images).to(device), probe.labels.to(device), in_dist.num_classes
-    )
+    warning = looks_unnormalised(model, to_unit(probe.images).to(device), probe.labels.to(device), in_dist.num_classes)
     if warning:
         log(f"warning: {warning}")
     fingerprint = model_fingerprint(model)
@@ -421,7 +419,9 @@ def plan_methods(
     init_hash = file_sha256(options.init) if options.init else None
     training_switches = {k: getattr(protocol, k) for k in TRAINING_SWITCHES}
     method_plans = []
-    with_layers = [m for m in names.methods if "layers" in {f.name for f in dataclasses.fields(DETECTORS.get(m).Config)}]
+    with_layers = [
+        m for m in names.methods if "layers" in {f.name for f in dataclasses.fields(DETECTORS.get(m).Config)}
+    ]
     if options.features and not with_layers:
         raise ConfigError(
             f"--features names layers for feature-based detectors that take them (e.g. mahalanobis); none of "

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -59,7 +58,8 @@ def test_readme_example_runs_as_written(tmp_path, shared_cache):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "neg-entropy" in done.stdout and "L-inf FPR" in done.stdout
     python_run = json.loads((tmp_path / "runs/mine/run.json").read_text())
-    assert python_run["model"]["class"] == "mynet.TinyNet" and python_run["methods"]["neg-entropy"]["recipe"] == "vanilla"
+    assert python_run["model"]["class"] == "mynet.TinyNet"
+    assert python_run["methods"]["neg-entropy"]["recipe"] == "vanilla"
     lines = [" ".join(c.split()) for c in blocks["bash"][0].replace("\\\n", " ").splitlines() if c.strip()]
     for line in lines:
         for part in line.split(" && "):
@@ -78,7 +78,7 @@ def test_readme_example_runs_as_written(tmp_path, shared_cache):
     assert len(by_python) == 6 and by_python.equals(by_cli)
 
 
-PLUGIN = '''
+PLUGIN = """
 import torch
 from torch import nn
 
@@ -111,7 +111,7 @@ class Margin(oodbench.Detector):
 
 
 oodbench.detector_from_score(lambda logits: logits.float().logsumexp(dim=1), name="neg-free-energy")
-'''
+"""
 
 
 def _user_package(root: Path, entry_point: bool) -> None:
@@ -141,15 +141,26 @@ def test_user_package_by_entry_point_and_by_plugin_under_all_four_threats(tmp_pa
     out = tmp_path / "runs/entry"
     threats = "natural,corruption,linf,comp"
     run = _oodbench(
-        ["run", "--model", "userpkg.plugin:build", "--methods", "margin,neg-free-energy", "--threats", threats,
-         "--out", str(out), *TINY_CLI],
+        [
+            "run",
+            "--model",
+            "userpkg.plugin:build",
+            "--methods",
+            "margin,neg-free-energy",
+            "--threats",
+            threats,
+            "--out",
+            str(out),
+            *TINY_CLI,
+        ],
         tmp_path,
         env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "warning: the given model classifies" in run.stderr  # untrained: at chance, the convention is named
     table = _oodbench(["table", str(out), "--format", "csv"], tmp_path, env)
-    assert table.returncode == 0 and {"margin", "neg-free-energy"} <= set(re.findall(r"^\w+,([\w-]+),", table.stdout, re.M))
+    assert table.returncode == 0
+    assert {"margin", "neg-free-energy"} <= set(re.findall(r"^\w+,([\w-]+),", table.stdout, re.M))
     (tmp_path / "base.csv").write_text(table.stdout)
     check = _oodbench(["check", str(out), "--against", str(tmp_path / "base.csv")], tmp_path, env)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -164,13 +175,26 @@ def test_user_package_by_entry_point_and_by_plugin_under_all_four_threats(tmp_pa
     assert missing.returncode == 2 and "unknown detector 'margin'" in missing.stderr and "--plugin" in missing.stderr
     assert "entry point" in missing.stderr
     again = _oodbench(
-        ["run", "--plugin", "userpkg.plugin", "--model", "userpkg.plugin:build", "--methods", "margin",
-         "--threats", "natural", "--out", str(tmp_path / "runs/plugin"), *TINY_CLI],
+        [
+            "run",
+            "--plugin",
+            "userpkg.plugin",
+            "--model",
+            "userpkg.plugin:build",
+            "--methods",
+            "margin",
+            "--threats",
+            "natural",
+            "--out",
+            str(tmp_path / "runs/plugin"),
+            *TINY_CLI,
+        ],
         tmp_path,
         env,
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    assert _oodbench(["list"], tmp_path, {**env, "OODBENCH_PLUGINS": "userpkg.plugin"}).stdout.count("[from plugin") == 2
+    listing = _oodbench(["list"], tmp_path, {**env, "OODBENCH_PLUGINS": "userpkg.plugin"}).stdout
+    assert listing.count("[from plugin") == 2
 
 
 # --- errors on this path: each a message that says what to do, before compute, nothing written ------------------
@@ -254,16 +278,31 @@ def test_bad_model_inputs_exit_2_with_a_message_and_write_nothing(user_files, ca
     assert not out.exists()
 
 
-@pytest.mark.parametrize("weights, extra", [("state.pt", ["--model", "usernets:Wrapped"]),
-                                            ("dataparallel.pt", ["--model", "usernets:Wrapped"]),
-                                            ("scripted.pt", []), ("whole.pt", ["--trust-pickle"])])
+@pytest.mark.parametrize(
+    "weights, extra",
+    [
+        ("state.pt", ["--model", "usernets:Wrapped"]),
+        ("dataparallel.pt", ["--model", "usernets:Wrapped"]),
+        ("scripted.pt", []),
+        ("whole.pt", ["--trust-pickle"]),
+    ],
+)
 def test_every_weights_format_loads_the_same_network(user_files, capsys, weights, extra):
     from oodbench.options import RunOptions
     from oodbench.runner import plan_run
 
-    options = RunOptions(methods=["msp"], threats=["natural"], profile="smoke", max_ood=16, ood=["tiles"],
-                         weights=str(user_files / weights), model=extra[1] if extra[:1] == ["--model"] else None,
-                         trust_pickle="--trust-pickle" in extra, out=str(user_files / "run"), progress=False)
+    options = RunOptions(
+        methods=["msp"],
+        threats=["natural"],
+        profile="smoke",
+        max_ood=16,
+        ood=["tiles"],
+        weights=str(user_files / weights),
+        model=extra[1] if extra[:1] == ["--model"] else None,
+        trust_pickle="--trust-pickle" in extra,
+        out=str(user_files / "run"),
+        progress=False,
+    )
     plan = plan_run(options, log=lambda m: None)
     x = torch.rand(2, 3, 32, 32)
     reference = Wrapped()
@@ -379,9 +418,9 @@ CASES = [(kind, args) for kind, cases in MATRIX.items() for args in cases]
 
 @pytest.mark.parametrize("kind, extra", CASES, ids=[f"{k}:{' '.join(a)[:40]}" for k, a in CASES])
 def test_run_option_error_matrix(user_files, capsys, kind, extra):
-    from oodbench.cli import main
-
     from PIL import Image
+
+    from oodbench.cli import main
 
     for split in ("train", "test"):  # a valid user folder set: two classes, two images each
         for label in ("a", "b"):
@@ -418,8 +457,16 @@ def test_mahalanobis_on_a_model_without_forward_features_by_layer_name(tmp_path,
     monkeypatch.setenv("OODBENCH_CACHE", str(shared_cache))
     torch.manual_seed(0)
     result = oodbench.evaluate(
-        Wrapped(), "mahalanobis", threats="natural", ood="tiles", profile="smoke", max_ood=16, features=["net.1"],
-        out=tmp_path / "run", progress=False, log=lambda m: None,
+        Wrapped(),
+        "mahalanobis",
+        threats="natural",
+        ood="tiles",
+        profile="smoke",
+        max_ood=16,
+        features=["net.1"],
+        out=tmp_path / "run",
+        progress=False,
+        log=lambda m: None,
     )
     record = json.loads((result.run_dir / "run.json").read_text())
     assert record["methods"]["mahalanobis"]["settings"]["layers"] == ["net.1"]
@@ -442,6 +489,16 @@ def test_train_returns_the_network_and_checkpoint_that_evaluate_takes(tmp_path, 
     assert same == checkpoint and not any("epoch" in line for line in logs)
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(again(x), model(x))
-    result = oodbench.evaluate(model, "msp", in_dist="digits", ood="tiles", threats="natural", profile="smoke",
-                               max_ood=8, out=tmp_path / "eval", progress=False, log=lambda m: None)
+    result = oodbench.evaluate(
+        model,
+        "msp",
+        in_dist="digits",
+        ood="tiles",
+        threats="natural",
+        profile="smoke",
+        max_ood=8,
+        out=tmp_path / "eval",
+        progress=False,
+        log=lambda m: None,
+    )
     assert set(result.frame["method"]) == {"msp"} and result.run_dir == tmp_path / "eval"
