@@ -51,7 +51,16 @@ FLAGS = {
     "bb>wb": "gradient masking suspected: the black-box Square attack beat every white-box attack on > 1 %",
     "eps-sweep": "FPR under attack decreased as eps grew (by more than one image of the subsample)",
     "large-eps": "the attack stays below 90 % FPR at eps 64/255 although the detector accepts some inputs",
+    "ties": "> 1 % of OOD scores equal the threshold: the FPR counts them rejected (a constant score reads 0 %)",
 }
+
+
+def tie_share(ood_scores: np.ndarray, threshold: float) -> float:
+    """Percent of OOD scores exactly at the acceptance threshold. FPR@95TPR (SPEC section 1) counts an OOD image
+    accepted only when its score is strictly above the threshold, and in-dist images at it as accepted, so a
+    detector whose scores tie (a constant or saturated score) gets 0 % FPR and AUROC 50: the FPR says nothing."""
+    scores = np.asarray(ood_scores, dtype=np.float32)
+    return 100.0 * float(np.mean(scores == np.float32(threshold))) if len(scores) else 0.0
 
 
 def subsample_indices(n: int, count: int, seed: int) -> np.ndarray:
@@ -195,6 +204,9 @@ def cell_diagnostics(
     flags: list[str] = []
     low, high = saturation_shares(detector, ood_scores)
     values["saturated"], values["saturated_high"] = low, high
+    values["tied_at_threshold"] = tie_share(ood_scores, threshold)
+    if values["tied_at_threshold"] > BLACK_BOX_SLACK:  # more than 1 % of the cell's OOD images
+        flags.append("ties")
     if threat.white_box and len(images):
         index = subsample_indices(len(images), ctx.diagnostics_images, ctx.seed)
         values["images"] = int(len(index))

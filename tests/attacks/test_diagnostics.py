@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from attacks.base import AttackContext
-from attacks.diagnostics import cell_diagnostics, saturation_shares, sweep_flags, zero_gradient_shares
+from attacks.diagnostics import cell_diagnostics, saturation_shares, sweep_flags, tie_share, zero_gradient_shares
 from attacks.linf import LinfPGD, pgd_scores
 from attacks.pgd import PGDConfig
 from baselines.msp import MSP
@@ -109,6 +109,27 @@ def test_saturation_counts_scores_at_the_float32_bounds():
     assert saturation_shares(ROWL(4), np.array([-1.0, -1.0, 0.0, -1.0], dtype=np.float32)) == (75.0, 25.0)
     low, high = saturation_shares(MSP(5), np.array([0.2, 0.5, 1.0, 0.21], dtype=np.float32))
     assert (low, high) == (25.0, 25.0)
+
+
+def test_a_constant_score_is_flagged_ties_and_a_spread_one_is_not():
+    """A constant score gets FPR 0 and AUROC 50 under the paper's convention (OOD strictly above the threshold):
+    the cell must say so. Regression: the built-in benchmark's collapsed CCU (every score 1/K) read 0.00, best."""
+    from attacks.natural import Natural
+    from oodbench.metrics import auroc, fpr_at_tpr
+
+    constant_id, constant_ood = np.full(500, 0.1, np.float32), np.full(100, 0.1, np.float32)
+    threshold = threshold_at_tpr(constant_id)
+    assert fpr_at_tpr(constant_id, constant_ood) == 0.0 and auroc(constant_id, constant_ood) == 0.5
+    assert tie_share(constant_ood, threshold) == 100.0
+    ctx = AttackContext(device="cpu", batch_size=32, seed=0, pgd=PGDConfig())
+    images = _images(100, seed=1)
+    flagged = cell_diagnostics(Natural(), MSP(5), _model(), images, constant_ood, constant_id, threshold, ctx)
+    assert "ties" in flagged["flags"] and flagged["diagnostics"]["tied_at_threshold"] == 100.0
+    rng = np.random.default_rng(0)
+    spread_id, spread_ood = rng.uniform(0.3, 1, 500).astype(np.float32), rng.uniform(0.2, 0.9, 100).astype(np.float32)
+    spread_threshold = threshold_at_tpr(spread_id)
+    clean = cell_diagnostics(Natural(), MSP(5), _model(), images, spread_ood, spread_id, spread_threshold, ctx)
+    assert "ties" not in clean["flags"] and clean["diagnostics"]["tied_at_threshold"] <= 1.0
 
 
 def test_sweep_flags():
