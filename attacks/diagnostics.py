@@ -45,6 +45,7 @@ EPS_SWEEP = (0, 2, 4, 8, 16, 32, 64)  # in 1/255 units
 LARGE_EPS = 64
 LARGE_EPS_MIN_FPR = 90.0
 BLACK_BOX_SLACK = 1.0  # percent of the cell's OOD images
+TIE_SLACK = 1.0  # percent of the cell's OOD images at the threshold (flag `ties`)
 SWEEP_SQUARE_QUERIES = 100  # at most, per eps of the sweep: the sweep's cost stays a fraction of the cell's
 FLAGS = {
     "zero-grad": "some attacked images have an all-zero input gradient for every white-box objective",
@@ -205,7 +206,7 @@ def cell_diagnostics(
     low, high = saturation_shares(detector, ood_scores)
     values["saturated"], values["saturated_high"] = low, high
     values["tied_at_threshold"] = tie_share(ood_scores, threshold)
-    if values["tied_at_threshold"] > BLACK_BOX_SLACK:  # more than 1 % of the cell's OOD images
+    if values["tied_at_threshold"] > TIE_SLACK:
         flags.append("ties")
     if threat.white_box and len(images):
         index = subsample_indices(len(images), ctx.diagnostics_images, ctx.seed)
