@@ -232,6 +232,20 @@ class CCU(Detector):
     def build_model(self, ctx, base):
         return CCUNet(base, self.components)
 
+    def training_warnings(self, ctx, train) -> list[str]:
+        """The whitening needs more training images than pixels: with N <= D, D - N + 1 directions have zero
+        variance and are floored at s_max / 1e6, so an unseen image's log p_in falls by ~1e6 against p_out,
+        DR = 1/K everywhere and eq. 68 gives the base network no gradient (the built-in `shapes`: N = 1,300,
+        D = 3,072: every score 0.1, in-dist accuracy 10 %, flag `ties`)."""
+        n, dim = len(train.images), int(np.prod(train.images.shape[1:]))
+        if n > dim:
+            return []
+        return [
+            f"CCU's Gaussian mixtures live in pixel space ({dim} dimensions) and {n} training images do not span "
+            f"it: every unseen image gets p_in << p_out, so DR(y|x) = 1/K and the score is constant (expect a "
+            f"cell flagged 'ties'); CCU needs more training images than pixels (CIFAR: 50,000 > 3,072)"
+        ]
+
     def initialise(self, model: CCUNet, ctx, train, aux, device) -> None:
         """Fit the whitening and both mixtures before the first epoch (not when resuming)."""
         seed = derive_seed("ccu-init", train.fingerprint())

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 METHODS = ["mahalanobis", "ccu", "rowl"]
 THREATS = ["natural", "linf", "linf-joint"]
-OOD_SETS = ["tiles", "scenes_crop", "scenes_resize"]
+OOD_SETS = ["photo_digits", "scenes_resize", "tiles"]  # the default in-dist set's (shapes)
 
 
 def run(protocol: str, out: Path, args) -> None:
@@ -64,11 +64,11 @@ def report(paper_dir: Path, strong_dir: Path, args, seconds: float) -> str:
         f"Command: `python benchmarks/robust_builtin.py --out-dir {args.out_dir} --max-ood {args.max_ood} "
         f"--square-queries {args.square_queries} --ood {args.ood} --threats {args.threats}`",
         "",
-        f"Profile `smoke` (small CNN, 6 epochs, default built-in data: digits, 500 in-dist test images), OOD sets "
+        f"Profile `smoke` (small CNN, 6 epochs, default built-in data: shapes, 500 in-dist test images), OOD sets "
         f"{args.ood}, {args.max_ood} images each; `strong`: PGD 40 x 1/255 + APGD 25 x 1 on the attack, margin and "
         f"adaptive objectives + Square ({args.square_queries} queries, p_init 0.8) on the deployed score; "
         "diagnostics on up to 64 images per cell (eps sweep: PGD + Square with at most 100 queries)."
-        + ("" if args.report_only else f" Wall time {seconds / 60:.1f} min on 2 CPU cores shared with other jobs."),
+        + ("" if args.report_only else f" Wall time {seconds / 60:.1f} min on 2 CPU cores."),
         "",
         "Averaged over the OOD sets (FPR@95TPR in %; per-attack FPRs of the strong worst case):",
         "",

@@ -139,6 +139,11 @@ class TrainingRecipe:
     ) -> None:
         """Called once before the first epoch of a fresh training run (CCU fits its mixtures here)."""
 
+    def training_warnings(self, ctx: BuildContext, train: ImageSet) -> list[str]:
+        """What the user should know before this recipe trains on `train` (logged, nothing stops): e.g. CCU's
+        pixel-space mixtures on fewer images than pixels."""
+        return []
+
     def training_set(self, ctx: BuildContext, train: ImageSet) -> ImageSet:
         """The in-dist training set as the recipe sees it (ROWL adds its fixed outlier class)."""
         return train

@@ -58,7 +58,8 @@ def paper_dir() -> Path:
     if folder is None or not (folder / "all.csv").is_file():
         where = f"${ENV_VAR}={override}" if override else "results/paper (source checkout or installed package)"
         raise ConfigError(
-            f"the paper's reference numbers are missing: no all.csv in {folder or 'results/paper'} ({where}). Reinstall oodbench "
+            f"the paper's reference numbers are missing: no all.csv in {folder or 'results/paper'} ({where}). "
+            "Reinstall oodbench "
             f"(`pip install .` carries them), or set {ENV_VAR} to a folder containing all.csv (regenerate it with "
             "`python results/paper/transcribe.py`)."
         )

@@ -78,7 +78,7 @@ class Registry:
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         return (
             f"unknown {self.kind} '{name}'{hint} (known: {', '.join(sorted(self._entries))}). Your own is registered "
-            f"with oodbench.register_{REGISTER_SUFFIX.get(self.kind, 'detector')}(\"{name}\") in a module loaded by "
+            f'with oodbench.register_{REGISTER_SUFFIX.get(self.kind, "detector")}("{name}") in a module loaded by '
             f"--plugin MODULE (or $OODBENCH_PLUGINS), or by an '{ENTRY_POINT_GROUP}' entry point of your package"
         )
 

@@ -115,8 +115,9 @@ def wide(long: pd.DataFrame, metrics: Iterable[str], per_ood: bool) -> pd.DataFr
     return table.sort_index(key=lambda level: level.map(order) if level.name == "method" else level)
 
 
-def _best_mask(table: pd.DataFrame) -> pd.DataFrame:
-    """True where a value is the best of its column within its in-dist block (ties all bold)."""
+def _best_mask(table: pd.DataFrame, unranked: pd.DataFrame | None = None) -> pd.DataFrame:
+    """True where a value is the best of its column within its in-dist block (ties all bold); values where
+    `unranked` is True (a degenerate score, flag `ties`) neither compete nor are bold."""
     mask = pd.DataFrame(False, index=table.index, columns=table.columns)
     group_keys = ["in_dist"] + (["ood_set"] if "ood_set" in table.index.names else [])
     for _, block in table.groupby(level=group_keys):
@@ -124,17 +125,25 @@ def _best_mask(table: pd.DataFrame) -> pd.DataFrame:
             continue
         for column in table.columns:
             values = block[column].round(2)
-            best = values.min() if column[1] in LOWER_IS_BETTER else values.max()
-            mask.loc[block.index, column] = values == best
+            ranked = ~unranked.loc[block.index, column].astype(bool) if unranked is not None else values.notna()
+            candidates = values[ranked]
+            best = candidates.min() if column[1] in LOWER_IS_BETTER else candidates.max()
+            mask.loc[block.index, column] = (values == best) & ranked
     return mask
 
 
-def render(table: pd.DataFrame, fmt: str, title: str = "", marks: pd.DataFrame | None = None) -> str:
+def render(
+    table: pd.DataFrame,
+    fmt: str,
+    title: str = "",
+    marks: pd.DataFrame | None = None,
+    unranked: pd.DataFrame | None = None,
+) -> str:
     """Markdown or LaTeX text of a wide table, two decimals, best values in bold; `marks` (same shape) appends a
-    mark to values (the attack-diagnostic flags, `table_marks`)."""
+    mark to values (the attack-diagnostic flags, `table_marks`); `unranked` values are never bold."""
     if table.empty:
         return "(no cells)"
-    bold = _best_mask(table)
+    bold = _best_mask(table, unranked)
     if marks is None:
         marks = pd.DataFrame("", index=table.index, columns=table.columns)
     arrows = {m: ("↓" if m in LOWER_IS_BETTER else "↑") for m in METRIC_TITLES}
@@ -199,8 +208,8 @@ def summary_table(cells: pd.DataFrame, fmt: str = "markdown", metrics=("fpr", "a
     long = tidy(cells, metrics)
     caption = ("Per OOD set" if per_ood else "Averaged over OOD sets") + " (values in %; best in bold)"
     table = wide(long, metrics, per_ood)
-    marks, legend = table_marks(table, cells, fmt)
-    text = render(table, fmt, title=caption, marks=marks)
+    marks, legend, unranked = table_marks(table, cells, fmt)
+    text = render(table, fmt, title=caption, marks=marks, unranked=unranked)
     if not legend:
         return text
     return text + ("\n% " if fmt == "latex" else "\n\n") + legend
@@ -394,10 +403,16 @@ def with_flags(long: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
-def table_marks(table: pd.DataFrame, cells: pd.DataFrame, fmt: str) -> tuple[pd.DataFrame, str]:
-    """A mark per value of a wide table (`oodbench.results.wide`) whose cell is flagged, and the legend."""
+#: flags whose cell's metrics describe a degenerate score, not a ranking: such values are never shown as best
+UNRANKED_FLAGS = ("ties",)
+
+
+def table_marks(table: pd.DataFrame, cells: pd.DataFrame, fmt: str) -> tuple[pd.DataFrame, str, pd.DataFrame]:
+    """A mark per value of a wide table (`oodbench.results.wide`) whose cell is flagged, the legend, and which
+    values carry an `UNRANKED_FLAGS` flag (a constant score's 0 % FPR is not the best detector)."""
     flags = cell_flags(cells).set_index(["in_dist", "method", "ood_set", "threat"])["flags"]
     marks = pd.DataFrame("", index=table.index, columns=table.columns)
+    unranked = pd.DataFrame(False, index=table.index, columns=table.columns)
     seen: set[str] = set()
     for key in table.index:
         in_dist, method = key[0], key[1]
@@ -406,12 +421,17 @@ def table_marks(table: pd.DataFrame, cells: pd.DataFrame, fmt: str) -> tuple[pd.
             text = flags.get((in_dist, method, ood_set, column[0]), "")
             if text:
                 marks.loc[key, column] = MARK.get(fmt, "†")
-                seen.update(text.split(","))
+                names = text.split(",")
+                seen.update(names)
+                unranked.loc[key, column] = any(name in UNRANKED_FLAGS for name in names)
     if not seen:
-        return marks, ""
+        return marks, "", unranked
     legend = "; ".join(f"{name}: {FLAGS[name]}" for name in FLAGS if name in seen)
     mark = "\\dagger" if fmt == "latex" else "†"
-    return marks, f"{mark} attack diagnostics flagged the cell ({legend}); see `oodbench table --flags`"
+    note = f"{mark} attack diagnostics flagged the cell ({legend}); see `oodbench table --flags`"
+    if unranked.to_numpy().any():
+        note += f"; values of cells flagged {', '.join(UNRANKED_FLAGS)} are not ranked (never bold)"
+    return marks, note, unranked
 
 
 def flags_report(cells: pd.DataFrame, fmt: str = "markdown") -> str:

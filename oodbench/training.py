@@ -115,6 +115,8 @@ def train(job: TrainingJob) -> nn.Module:
     model.to(device)
     resume = _load_resume(job, model)
     if not resume:
+        for warning in job.detector.training_warnings(job.ctx, job.train):
+            job.log(f"[{job.meta['method']}] warning: {warning}")
         torch.manual_seed(derive_seed(job.seed, "initialise"))
         job.detector.initialise(model, job.ctx, job.train, job.aux, device)
     start_stage, start_epoch = resume.get("stage", 0), resume.get("epoch", 0)

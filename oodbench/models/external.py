@@ -139,8 +139,9 @@ def load_user_model(
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a pickled module (disallowed globals), a truncated file, not a torch file
         if "weights_only" not in str(error) and "Unsupported global" not in str(error):
-            raise CheckpointError(f"--weights '{path}' cannot be read ({type(error).__name__}); it is truncated "
-                                  "or not a torch file") from None
+            raise CheckpointError(
+                f"--weights '{path}' cannot be read ({type(error).__name__}); it is truncated or not a torch file"
+            ) from None
         if not trust_pickle:
             raise CheckpointError(
                 f"--weights '{path}' is a pickled Python object (a whole module): loading it runs code from the "

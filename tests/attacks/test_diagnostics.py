@@ -170,3 +170,23 @@ def test_flagged_cells_are_marked_in_every_table():
     flagged = csv[(csv["threat"] == "linf") & (csv["metric"] == "fpr")].set_index("ood_set")["flags"]
     assert flagged.to_dict() == {"a": "bb>wb", "b": "", "average": "bb>wb"}
     assert "bb>wb" in flags_report(cells)
+
+
+def test_a_ties_flagged_value_is_never_bold_and_an_unflagged_one_still_is():
+    """The collapsed CCU's 0.00 (a constant score, flag `ties`) was shown as the best detector; an unflagged 0.00
+    stays bold (the pair: without the flag the same table bolds it)."""
+    import pandas as pd
+
+    from oodbench.results import summary_table
+
+    base = {"in_dist": "shapes", "protocol": "paper", "arch": "small_cnn", "ood_set": "a", "threat": "natural"}
+    rows = [
+        {**base, "method": "msp", "fpr": 30.0, "auroc": 80.0, "flags": []},
+        {**base, "method": "ccu", "fpr": 0.0, "auroc": 50.0, "flags": ["ties"]},
+    ]
+    flagged = summary_table(pd.DataFrame(rows))
+    assert "**30.00**" in flagged and "**0.00**" not in flagged and "0.00†" in flagged
+    assert "**80.00**" in flagged and "not ranked" in flagged
+    rows[1]["flags"] = []
+    unflagged = summary_table(pd.DataFrame(rows))
+    assert "**0.00**" in unflagged and "**30.00**" not in unflagged and "not ranked" not in unflagged

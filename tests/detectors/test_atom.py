@@ -67,7 +67,9 @@ def test_atom_q_is_zero_with_imagenet_rc_unless_set():
     from types import SimpleNamespace
 
     def ctx(aux_name):
-        return SimpleNamespace(in_dist=SimpleNamespace(name="cifar10"), aux=SimpleNamespace(name=aux_name), protocol=None)
+        return SimpleNamespace(
+            in_dist=SimpleNamespace(name="cifar10"), aux=SimpleNamespace(name=aux_name), protocol=None
+        )
 
     assert ATOM.make_config(ctx("imagenet_rc")).q == 0.0
     assert ATOM.make_config(ctx("tinyimages")).q == 0.125

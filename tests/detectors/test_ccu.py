@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
-
-from baselines.ccu import CCU, CCUNet, PCAWhitening, SphericalGMM
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from torch import nn
+
+from baselines.ccu import CCU, CCUNet, PCAWhitening, SphericalGMM
 from tests.detectors.tiny import K, Linear, batch
 
 
@@ -142,3 +142,40 @@ def test_ccu_out_mixture_data_by_protocol():
     assert leading_aux_images(ArrayPool(pool_images, "p"), 4)[:, 0, 0, 0].tolist() == [0, 1, 2, 3]
     with pytest.raises(Exception, match="ccu_out_fit"):
         CCU(K, CCU.Config(out_fit="random"))
+
+
+def _mixture_gap(n_train: int, dim_side: int, seed: int = 0) -> float:
+    """Median log p_in - log p_out of unseen in-dist images after the released EM fit on `n_train` images of
+    3 x side x side pixels (in-dist: a low-variance cloud around one image; out: uniform noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    dim = 3 * dim_side * dim_side
+    centre = torch.rand(dim, generator=generator)
+
+    def in_dist(count):
+        return (centre + 0.05 * torch.randn(count, dim, generator=generator)).clamp(0, 1)
+
+    net = CCUNet(nn.Identity(), components=2, dim=dim)
+    net.fit_mixtures(in_dist(n_train), torch.rand(400, dim, generator=generator), seed)
+    CCU(K).after_step(net)  # the out-variance floor of training
+    with torch.no_grad():
+        log_p_in, log_p_out = net.densities(in_dist(200))
+    return float((log_p_in - log_p_out).median())
+
+
+def test_ccu_mixtures_separate_unseen_images_only_with_more_images_than_pixels():
+    """Why CCU collapses on the built-in `shapes` (1,300 images, 3,072 pixels): with N <= D the floored
+    whitening makes every unseen in-dist image vanishingly unlikely under p_in, so DR = 1/K; with N > D the same
+    fit ranks them in-dist. Both sides can fail: the gap's sign flips between the two."""
+    assert _mixture_gap(n_train=1000, dim_side=4) > 0  # N = 1,000 > D = 48
+    assert _mixture_gap(n_train=100, dim_side=8) < -1000  # N = 100 < D = 192
+
+
+def test_ccu_warns_before_training_on_fewer_images_than_pixels():
+    from oodbench.data.base import ImageSet
+
+    def images(n):
+        return ImageSet(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), torch.zeros(n, dtype=torch.long))
+
+    (warning,) = CCU(K).training_warnings(None, images(100))  # D = 192
+    assert "192 dimensions" in warning and "100 training images" in warning
+    assert CCU(K).training_warnings(None, images(193)) == []

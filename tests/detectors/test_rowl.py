@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from baselines.rowl import ROWL, RetargetingObjective
-import pytest
 from tests.detectors.tiny import K, Linear, _grid, _zero_eps, batch
 
 
