@@ -21,7 +21,8 @@ What a cell records (`diagnostics` in its JSON, `flags` the verdicts; shown by `
   scaled with eps) and Square (the cell's queries, at most SWEEP_SQUARE_QUERIES) on the deployed score, worst
   case per image. Flag `eps-sweep`
   when the FPR drops by more than one image from one eps to the next (a stronger threat that finds less is a
-  weak attack), and `large-eps` when the accepted region is not empty (some in-dist test image is accepted) but
+  weak attack), and `large-eps` when the accepted region is not empty (some in-dist test image, or some of the
+  cell's attacked OOD images, is accepted: `accepts_something`) but
   the FPR at 64/255 stays below 90 % (the attack, not the detector, failed). `strong` only, white-box threats.
 
 Numbers of the cell itself (its scores, FPR, AUROC) are never changed here.
@@ -170,6 +171,14 @@ def _start(chunk: torch.Tensor, config: PGDConfig, generator: torch.Generator) -
     return random_start_noise(tuple(chunk.shape), config.eps, generator).to(chunk.device)
 
 
+def accepts_something(id_scores, ood_scores, threshold: float) -> bool:
+    """Whether the accepted region is known not to be empty: some in-dist test image or some of the cell's final
+    (attacked) OOD images scores strictly above the threshold. The OOD side matters for a constant in-dist score
+    (every image at the threshold, flag `ties`): the cell's own attack may have found accepted points that the
+    sweep then must find at 64/255 too (the built-in CCU: APGD 21 %, the sweep's PGD + Square 0 %)."""
+    return bool(np.any(np.asarray(id_scores) > threshold) or np.any(np.asarray(ood_scores) > threshold))
+
+
 def sweep_flags(sweep: dict[int, float], n_images: int, accepts_something: bool) -> list[str]:
     """`eps-sweep` when the FPR drops by more than one image between consecutive eps; `large-eps` when the
     FPR at 64/255 is below 90 % although the detector accepts some in-dist inputs."""
@@ -221,8 +230,7 @@ def cell_diagnostics(
         if ctx.adaptive:
             sweep = eps_sweep(detector, model, sources, threshold, ctx)
             values["eps_sweep"] = {str(k): v for k, v in sweep.items()}
-            accepts = bool(np.any(np.asarray(id_scores) > threshold))
-            flags += sweep_flags(sweep, len(index), accepts)
+            flags += sweep_flags(sweep, len(index), accepts_something(id_scores, ood_scores, threshold))
     if per_attack and BLACK_BOX_ATTACK in per_attack:
         wins, better = black_box_shares(per_attack, threshold, BLACK_BOX_ATTACK)
         values["black_box_wins"], values["black_box_better"] = wins, better

@@ -27,48 +27,78 @@ def _figure_module():
     return plt
 
 
+def bar_marks(cells) -> dict[tuple[str, str, str], str]:
+    """(in_dist, method, threat) -> the mark its bar carries: "ties" where the score is degenerate (flag `ties`:
+    the FPR of a constant score reads 0 %, which a bar would show as the best detector), "†" where another
+    attack diagnostic flagged the cell (`oodbench table --flags`), nothing else. Averages over the OOD sets carry
+    the union of their sets' flags, as the tables do."""
+    from oodbench.results import UNRANKED_FLAGS, cell_flags
+
+    flags = cell_flags(cells)
+    flags = flags[(flags["ood_set"] == "average") & (flags["flags"] != "")]
+    marks = {}
+    for row in flags.itertuples():
+        names = row.flags.split(",")
+        marks[(row.in_dist, row.method, row.threat)] = "ties" if any(n in UNRANKED_FLAGS for n in names) else "†"
+    return marks
+
+
 def plot_run(run_dirs: Iterable[str | Path], path: str | Path, metric: str = "fpr") -> Path:
-    """Grouped bars of `metric` (default FPR@95%TPR, SPEC section 1; averaged over the OOD sets as in Table 1)
-    per detector (groups) and threat model (bars) for the finished cells of `run_dirs` -> the PNG written."""
+    """Grouped bars of `metric` (default FPR@95%TPR with in-dist positive, the ATOM paper's convention, SPEC
+    section 1; averaged over the OOD sets as in Table 1) per detector (groups) and threat model (bars) for the
+    finished cells of `run_dirs` -> the PNG written. Flagged bars carry "†"; a degenerate score (flag `ties`) is
+    drawn as a hatched, empty bar labelled "ties" instead of a 0 % that reads as the best detector."""
     from oodbench.registry import threat_order
     from oodbench.results import load_cells, tidy
 
-    long = tidy(load_cells(run_dirs), metrics=[metric])
+    cells = load_cells(run_dirs)
+    long = tidy(cells, metrics=[metric])
     long = long[long["ood_set"] == "average"]
+    marks = bar_marks(cells)
     methods = list(dict.fromkeys(long["method"]))
     threats = sorted(set(long["threat"]), key=threat_order)
     in_dists = sorted(set(long["in_dist"]))
     plt = _figure_module()
     fig, axes = plt.subplots(
-        len(in_dists), 1, figsize=(max(6.0, 0.9 * len(methods) + 1.5), 3.2 * len(in_dists)), squeeze=False
+        len(in_dists), 1, figsize=(max(6.0, 0.9 * len(methods) + 1.5), 3.2 * len(in_dists) + 0.4), squeeze=False
     )
     width = 0.8 / max(len(threats), 1)
+    top = 100.0 if metric in ("fpr", "auroc") else None
     for ax, in_dist in zip(axes[:, 0], in_dists):
         part = long[long["in_dist"] == in_dist]
         x = np.arange(len(methods))
         for j, threat in enumerate(threats):
             rows = part[part["threat"] == threat].set_index("method")["value"]
-            values = [float(rows.get(m, np.nan)) for m in methods]
-            ax.bar(
-                x + (j - (len(threats) - 1) / 2) * width,
-                values,
-                width,
-                label=THREAT_LABELS.get(threat, threat),
-                color=THREAT_COLOURS.get(threat, None),
-            )
+            offsets = x + (j - (len(threats) - 1) / 2) * width
+            colour = THREAT_COLOURS.get(threat, None)
+            for offset, method in zip(offsets, methods):
+                value = float(rows.get(method, np.nan))
+                mark = marks.get((in_dist, method, threat), "")
+                if mark == "ties":  # not a result: an outline to the top, labelled
+                    ax.bar(offset, top or value, width, fill=False, hatch="//", edgecolor=colour, linewidth=0.8)
+                    ax.text(offset, (top or value) * 0.5, "ties", rotation=90, ha="center", va="center", fontsize=7)
+                    continue
+                ax.bar(offset, value, width, color=colour)
+                if mark and np.isfinite(value):
+                    ax.text(offset, value, mark, ha="center", va="bottom", fontsize=8)
+            ax.bar(0, 0, 0, color=colour, label=THREAT_LABELS.get(threat, threat))  # legend entry only
         ax.set_xticks(x, methods)
-        ax.set_ylim(0, 100 if metric in ("fpr", "auroc") else None)
+        ax.set_ylim(0, top * 1.06 if top else None)
         ax.set_ylabel("FPR at 95 % TPR (%)" if metric == "fpr" else metric)
         ax.set_title(
-            f"in-distribution {in_dist}: mean over OOD sets (lower is better)"
+            f"in-distribution {in_dist}: mean over OOD sets; in-dist positive (ATOM paper); lower is better"
             if metric == "fpr"
             else f"in-distribution {in_dist}",
             fontsize=10,
         )
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    axes[0, 0].legend(ncol=len(threats), fontsize=8, loc="upper left", bbox_to_anchor=(0, 1.0), frameon=False)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    note = "  († flagged by the attack diagnostics; ties: constant score, not a result)" if marks else ""
+    fig.legend(handles, labels, ncol=len(threats), fontsize=8, loc="upper center", frameon=False)
+    if note:
+        fig.text(0.5, 0.0, note.strip(), ha="center", va="bottom", fontsize=7)
+    fig.tight_layout(rect=(0, 0.03 if note else 0, 1, 0.94))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from attacks.base import AttackContext
-from attacks.diagnostics import cell_diagnostics, saturation_shares, sweep_flags, tie_share, zero_gradient_shares
+from attacks.diagnostics import (
+    accepts_something,
+    cell_diagnostics,
+    saturation_shares,
+    sweep_flags,
+    tie_share,
+    zero_gradient_shares,
+)
 from attacks.linf import LinfPGD, pgd_scores
 from attacks.pgd import PGDConfig
 from baselines.msp import MSP
@@ -190,3 +197,14 @@ def test_a_ties_flagged_value_is_never_bold_and_an_unflagged_one_still_is():
     rows[1]["flags"] = []
     unflagged = summary_table(pd.DataFrame(rows))
     assert "**0.00**" in unflagged and "**30.00**" not in unflagged and "not ranked" not in unflagged
+
+
+def test_the_accepted_region_counts_attacked_ood_images_above_a_constant_threshold():
+    """A constant in-dist score accepts no image strictly above its threshold, yet the cell's attack found OOD
+    points above it: the region is not empty, so a sweep stuck at 0 % at 64/255 is the sweep's failure
+    (`large-eps`); when nothing at all is above the threshold, nothing is known to be accepted."""
+    constant = np.full(500, 0.1, np.float32)
+    attacked = np.r_[np.full(79, 0.1), np.full(21, 0.2)].astype(np.float32)
+    assert accepts_something(constant, attacked, 0.1)
+    assert not accepts_something(constant, np.full(100, 0.1, np.float32), 0.1)
+    assert accepts_something(np.r_[constant, 0.3], np.full(100, 0.1, np.float32), 0.1)
