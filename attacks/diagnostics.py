@@ -22,7 +22,7 @@ What a cell records (`diagnostics` in its JSON, `flags` the verdicts; shown by `
   case per image. Flag `eps-sweep`
   when the FPR drops by more than one image from one eps to the next (a stronger threat that finds less is a
   weak attack), and `large-eps` when the accepted region is not empty (some in-dist test image, or some of the
-  cell's attacked OOD images, is accepted: `accepts_something`) but
+  cell's attacked OOD images, is accepted: `accepted_region_found`) but
   the FPR at 64/255 stays below 90 % (the attack, not the detector, failed). `strong` only, white-box threats.
 
 Numbers of the cell itself (its scores, FPR, AUROC) are never changed here.
@@ -171,7 +171,7 @@ def _start(chunk: torch.Tensor, config: PGDConfig, generator: torch.Generator) -
     return random_start_noise(tuple(chunk.shape), config.eps, generator).to(chunk.device)
 
 
-def accepts_something(id_scores, ood_scores, threshold: float) -> bool:
+def accepted_region_found(id_scores, ood_scores, threshold: float) -> bool:
     """Whether the accepted region is known not to be empty: some in-dist test image or some of the cell's final
     (attacked) OOD images scores strictly above the threshold. The OOD side matters for a constant in-dist score
     (every image at the threshold, flag `ties`): the cell's own attack may have found accepted points that the
@@ -181,7 +181,7 @@ def accepts_something(id_scores, ood_scores, threshold: float) -> bool:
 
 def sweep_flags(sweep: dict[int, float], n_images: int, accepts_something: bool) -> list[str]:
     """`eps-sweep` when the FPR drops by more than one image between consecutive eps; `large-eps` when the
-    FPR at 64/255 is below 90 % although the detector accepts some in-dist inputs."""
+    FPR at 64/255 is below 90 % although the detector accepts some inputs (`accepted_region_found`)."""
     flags = []
     values = [sweep[e] for e in EPS_SWEEP if e in sweep]
     one_image = 100.0 / max(n_images, 1)
@@ -230,7 +230,7 @@ def cell_diagnostics(
         if ctx.adaptive:
             sweep = eps_sweep(detector, model, sources, threshold, ctx)
             values["eps_sweep"] = {str(k): v for k, v in sweep.items()}
-            flags += sweep_flags(sweep, len(index), accepts_something(id_scores, ood_scores, threshold))
+            flags += sweep_flags(sweep, len(index), accepted_region_found(id_scores, ood_scores, threshold))
     if per_attack and BLACK_BOX_ATTACK in per_attack:
         wins, better = black_box_shares(per_attack, threshold, BLACK_BOX_ATTACK)
         values["black_box_wins"], values["black_box_better"] = wins, better

@@ -32,15 +32,11 @@ def bar_marks(cells) -> dict[tuple[str, str, str], str]:
     the FPR of a constant score reads 0 %, which a bar would show as the best detector), "†" where another
     attack diagnostic flagged the cell (`oodbench table --flags`), nothing else. Averages over the OOD sets carry
     the union of their sets' flags, as the tables do."""
-    from oodbench.results import UNRANKED_FLAGS, cell_flags
+    from oodbench.results import cell_flags, is_unranked
 
     flags = cell_flags(cells)
     flags = flags[(flags["ood_set"] == "average") & (flags["flags"] != "")]
-    marks = {}
-    for row in flags.itertuples():
-        names = row.flags.split(",")
-        marks[(row.in_dist, row.method, row.threat)] = "ties" if any(n in UNRANKED_FLAGS for n in names) else "†"
-    return marks
+    return {(r.in_dist, r.method, r.threat): "ties" if is_unranked(r.flags) else "†" for r in flags.itertuples()}
 
 
 def plot_run(run_dirs: Iterable[str | Path], path: str | Path, metric: str = "fpr") -> Path:
@@ -81,7 +77,6 @@ def plot_run(run_dirs: Iterable[str | Path], path: str | Path, metric: str = "fp
                 ax.bar(offset, value, width, color=colour)
                 if mark and np.isfinite(value):
                     ax.text(offset, value, mark, ha="center", va="bottom", fontsize=8)
-            ax.bar(0, 0, 0, color=colour, label=THREAT_LABELS.get(threat, threat))  # legend entry only
         ax.set_xticks(x, methods)
         ax.set_ylim(0, top * 1.06 if top else None)
         ax.set_ylabel("FPR at 95 % TPR (%)" if metric == "fpr" else metric)
@@ -93,7 +88,10 @@ def plot_run(run_dirs: Iterable[str | Path], path: str | Path, metric: str = "fp
         )
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=THREAT_COLOURS.get(t), label=THREAT_LABELS.get(t, t)) for t in threats]
+    labels = [handle.get_label() for handle in handles]
     note = "  († flagged by the attack diagnostics; ties: constant score, not a result)" if marks else ""
     fig.legend(handles, labels, ncol=len(threats), fontsize=8, loc="upper center", frameon=False)
     if note:

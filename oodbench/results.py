@@ -407,6 +407,11 @@ def with_flags(long: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
 UNRANKED_FLAGS = ("ties",)
 
 
+def is_unranked(flags: str) -> bool:
+    """Whether a cell's comma-separated flags (`cell_flags`) include one of `UNRANKED_FLAGS`."""
+    return any(name in UNRANKED_FLAGS for name in flags.split(","))
+
+
 def table_marks(table: pd.DataFrame, cells: pd.DataFrame, fmt: str) -> tuple[pd.DataFrame, str, pd.DataFrame]:
     """A mark per value of a wide table (`oodbench.results.wide`) whose cell is flagged, the legend, and which
     values carry an `UNRANKED_FLAGS` flag (a constant score's 0 % FPR is not the best detector)."""
@@ -421,9 +426,8 @@ def table_marks(table: pd.DataFrame, cells: pd.DataFrame, fmt: str) -> tuple[pd.
             text = flags.get((in_dist, method, ood_set, column[0]), "")
             if text:
                 marks.loc[key, column] = MARK.get(fmt, "†")
-                names = text.split(",")
-                seen.update(names)
-                unranked.loc[key, column] = any(name in UNRANKED_FLAGS for name in names)
+                seen.update(text.split(","))
+                unranked.loc[key, column] = is_unranked(text)
     if not seen:
         return marks, "", unranked
     legend = "; ".join(f"{name}: {FLAGS[name]}" for name in FLAGS if name in seen)

@@ -11,7 +11,7 @@ from torch import nn
 
 from attacks.base import AttackContext
 from attacks.diagnostics import (
-    accepts_something,
+    accepted_region_found,
     cell_diagnostics,
     saturation_shares,
     sweep_flags,
@@ -205,6 +205,6 @@ def test_the_accepted_region_counts_attacked_ood_images_above_a_constant_thresho
     (`large-eps`); when nothing at all is above the threshold, nothing is known to be accepted."""
     constant = np.full(500, 0.1, np.float32)
     attacked = np.r_[np.full(79, 0.1), np.full(21, 0.2)].astype(np.float32)
-    assert accepts_something(constant, attacked, 0.1)
-    assert not accepts_something(constant, np.full(100, 0.1, np.float32), 0.1)
-    assert accepts_something(np.r_[constant, 0.3], np.full(100, 0.1, np.float32), 0.1)
+    assert accepted_region_found(constant, attacked, 0.1)
+    assert not accepted_region_found(constant, np.full(100, 0.1, np.float32), 0.1)
+    assert accepted_region_found(np.r_[constant, 0.3], np.full(100, 0.1, np.float32), 0.1)
